@@ -1,0 +1,37 @@
+"""adabin-np: a framework-free, Numba-accelerated NumPy oracle for AdaBin BNNs.
+
+Tu et al., "AdaBin: Improving Binary Neural Networks with Adaptive Binary Sets", ECCV 2022.
+The exact math and both conventions ("paper", "official") are documented in the docstrings of
+:mod:`adabin_np.binarize` and :mod:`adabin_np.conv`.
+"""
+
+from .binarize import (
+    ActivationGrad,
+    binarize_activations,
+    binarize_activations_grad,
+    binarize_weights,
+    binarize_weights_grad,
+    bireal_grad,
+    ede,
+    ede_schedule,
+    weight_binary_set,
+)
+from .conv import ConvGrad, adabin_conv2d, adabin_conv2d_grad, conv2d
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ActivationGrad",
+    "ConvGrad",
+    "adabin_conv2d",
+    "adabin_conv2d_grad",
+    "binarize_activations",
+    "binarize_activations_grad",
+    "binarize_weights",
+    "binarize_weights_grad",
+    "bireal_grad",
+    "conv2d",
+    "ede",
+    "ede_schedule",
+    "weight_binary_set",
+]

@@ -1,0 +1,239 @@
+r"""AdaBin binarization of weights and activations: forward and explicit backward.
+
+A binary set is a threshold ``beta`` and two levels ``{b1, b2} = {beta - alpha, beta + alpha}``
+(Tu et al., "AdaBin: Improving Binary Neural Networks with Adaptive Binary Sets", ECCV 2022).
+Two conventions are supported everywhere (``../shared/SPEC.md`` section 1):
+
+=============  ===================================  =========================================
+               ``"paper"`` (default)                ``"official"`` (public PyTorch release)
+=============  ===================================  =========================================
+activations    v = (x - beta)/alpha,                same v, out = alpha*(s + beta)
+               out = alpha*s + beta
+sign at v = 0  s = +1 (x >= beta maps to b2)        s = 0 (``torch.sign``)
+weights        Wb = alpha_w*s + beta_w              same formula, sign(0) = 0
+=============  ===================================  =========================================
+
+All float paths compute in float64 and are deterministic (fixed summation order).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import numpy as np
+
+from . import kernels_cpu as _k
+from .validation import activation_params, as_float_array, check_convention, check_finite_scalar
+
+__all__ = [
+    "ActivationGrad",
+    "weight_binary_set",
+    "binarize_weights",
+    "binarize_weights_grad",
+    "binarize_activations",
+    "binarize_activations_grad",
+    "ede",
+    "ede_schedule",
+    "bireal_grad",
+]
+
+
+class ActivationGrad(NamedTuple):
+    """Gradients of :func:`binarize_activations`: w.r.t. ``x``, ``alpha`` and ``beta``."""
+
+    dx: np.ndarray
+    dalpha: np.ndarray | float
+    dbeta: np.ndarray | float
+
+
+# ----------------------------------------------------------------------------------------------
+# estimators
+# ----------------------------------------------------------------------------------------------
+
+
+def ede(u, *, k=10.0, t=0.1):
+    r"""IR-Net error-decay estimator derivative: :math:`k\,t\,(1 - \tanh^2(t u))`.
+
+    It is the derivative of :math:`F(u) = k \tanh(t u)`, the smooth surrogate of ``sign`` used
+    for the weights' backward pass. With the defaults ``k = 10, t = 0.1`` its peak is 1.
+    """
+    u = as_float_array(u, "u", allow_scalar=True)
+    k = check_finite_scalar(k, "k")
+    t = check_finite_scalar(t, "t")
+    return k * t * (1.0 - np.tanh(t * u) ** 2)
+
+
+def bireal_grad(v):
+    r"""Bi-Real Net piecewise-polynomial estimator derivative :math:`F'(v) = \max(0, 2 - 2|v|)`."""
+    v = as_float_array(v, "v", allow_scalar=True)
+    return np.maximum(0.0, 2.0 - 2.0 * np.abs(v))
+
+
+def ede_schedule(epoch, epochs):
+    r"""EDE schedule of IR-Net / the AdaBin release for epoch ``e`` of ``E``.
+
+    :math:`t = 10^{-3 + 4e/E}`, :math:`k = \max(1/t, 1)`. Returns ``(k, t)`` as floats.
+    ``epoch`` may be fractional (per-iteration schedules); ``0 <= epoch <= epochs``.
+    """
+    epoch = check_finite_scalar(epoch, "epoch")
+    epochs = check_finite_scalar(epochs, "epochs", positive=True)
+    if not 0.0 <= epoch <= epochs:
+        raise ValueError(f"epoch must lie in [0, epochs={epochs}], got {epoch}")
+    t = 10.0 ** (-3.0 + 4.0 * epoch / epochs)
+    k = max(1.0 / t, 1.0)
+    return k, t
+
+
+# ----------------------------------------------------------------------------------------------
+# weights
+# ----------------------------------------------------------------------------------------------
+
+
+def _weights_2d(w, name="w"):
+    w = as_float_array(w, name, min_ndim=2)
+    if 0 in w.shape:
+        raise ValueError(f"{name} must be non-empty, got shape {w.shape}")
+    return w, w.reshape(w.shape[0], -1)
+
+
+def weight_binary_set(w):
+    r"""Per-output-channel weight binary set ``(alpha, beta)``, each of shape ``(O,)``.
+
+    For output channel ``o`` with ``n = (I/groups)*kh*kw`` weights:
+
+    .. math:: \beta_w = \frac1n\sum_j W_{oj}, \qquad
+              \alpha_w = \sqrt{\frac1n \sum_j (W_{oj} - \beta_w)^2}
+
+    (population standard deviation). This moment matching is the paper's KL equalization: a
+    two-point distribution on ``{beta - alpha, beta + alpha}`` has mean ``beta`` and variance
+    ``alpha**2``, and ``KL(N(mu, sigma^2) || N(beta, alpha^2))`` is minimised at
+    ``beta = mu, alpha = sigma``.
+
+    Constant filter: when all weights of a channel are exactly equal, ``beta_w`` is that value
+    (exactly, not a rounded mean) and ``alpha_w = 0``. A channel whose variance underflows to
+    zero is treated the same way (``alpha_w = 0``, ``beta_w`` the mean).
+
+    ``w`` has at least 2 dimensions with output channels on axis 0 (conv ``(O, I, kh, kw)`` or
+    linear ``(O, I)``); any real dtype, computed in float64.
+    """
+    _, w2 = _weights_2d(w)
+    return _k.weight_stats(w2)
+
+
+def binarize_weights(w, *, convention="paper"):
+    r"""Binarize weights per output channel: :math:`W_b = \alpha_w\,\mathrm{sign}(u) + \beta_w`.
+
+    :math:`u = (W - \beta_w)/\alpha_w` with ``(alpha_w, beta_w) = weight_binary_set(w)``.
+    ``sign(0)`` is ``+1`` for ``convention="paper"`` and ``0`` for ``"official"`` (so a weight
+    exactly at the channel mean maps to ``beta_w`` there). A constant filter
+    (``alpha_w = 0``) binarizes to ``beta_w`` everywhere. Returns float64, same shape as ``w``.
+    """
+    official = check_convention(convention) == "official"
+    w, w2 = _weights_2d(w)
+    alpha, beta = _k.weight_stats(w2)
+    return _k.weight_forward(w2, alpha, beta, official).reshape(w.shape)
+
+
+def binarize_weights_grad(w, grad, *, k=10.0, t=0.1, convention="paper"):
+    r"""Gradient of a loss through :func:`binarize_weights` w.r.t. the real weights ``W``.
+
+    ``grad`` is dL/dWb. With the error-decay estimator :math:`\mathrm{EDE}(u) = k t (1 -
+    \tanh^2(t u))` for d sign(u)/du, and ``alpha_w``, ``beta_w`` differentiated as functions of
+    ``W`` (exactly what autograd does), per output channel with ``n`` elements:
+
+    .. math::
+        G_u &= g\,\alpha_w\,\mathrm{EDE}(u) \\
+        \partial\alpha &= \textstyle\sum g s - \sum G_u u / \alpha_w, \qquad
+        \partial\beta = \sum g - \sum G_u / \alpha_w \\
+        dW_j &= G_{u,j}/\alpha_w + \partial\beta/n + u_j\,\partial\alpha/n
+
+    Constant filter (``alpha_w = 0``): ``Wb = beta_w`` so ``dW_j = sum(g)/n`` (finite, never
+    NaN). ``convention`` only matters for ``s`` at ``u == 0`` (paper +1, official 0).
+    Defaults ``k = 10, t = 0.1``; see :func:`ede_schedule` for the training schedule.
+    """
+    official = check_convention(convention) == "official"
+    k = check_finite_scalar(k, "k")
+    t = check_finite_scalar(t, "t")
+    w, w2 = _weights_2d(w)
+    g = as_float_array(grad, "grad")
+    if g.shape != w.shape:
+        raise ValueError(f"grad has shape {g.shape} but w has shape {w.shape}")
+    alpha, beta = _k.weight_stats(w2)
+    return _k.weight_backward(w2, g.reshape(w2.shape), alpha, beta, k, t, official).reshape(w.shape)
+
+
+# ----------------------------------------------------------------------------------------------
+# activations
+# ----------------------------------------------------------------------------------------------
+
+
+def _activations_3d(x, alpha, beta):
+    """Validate ``x`` and the set; view x as (N, C, S) with channels on axis 1."""
+    x = as_float_array(x, "x", allow_scalar=True)
+    a_is_arr = np.ndim(alpha) > 0
+    b_is_arr = np.ndim(beta) > 0
+    if (a_is_arr or b_is_arr) and x.ndim < 2:
+        raise ValueError(
+            f"per-channel alpha/beta need x with a channel axis 1 (N, C, ...), got shape {x.shape}"
+        )
+    if x.ndim >= 2:
+        channels = x.shape[1]
+        x3 = x.reshape(x.shape[0], channels, -1)
+    else:
+        channels = 1
+        x3 = x.reshape(1, 1, -1)
+    alpha_c, beta_c, per_channel = activation_params(alpha, beta, channels)
+    return x, x3, alpha_c, beta_c, per_channel
+
+
+def binarize_activations(x, alpha, beta, *, convention="paper"):
+    r"""Binarize activations to the adaptive set of a layer.
+
+    :math:`v = (x - \beta)/\alpha`, :math:`s = \mathrm{sign}(v)`;
+    ``paper``: :math:`\alpha s + \beta \in \{\beta-\alpha, \beta+\alpha\}` with ``s(0) = +1``
+    (``x >= beta`` maps to ``b2`` when alpha > 0); ``official``: :math:`\alpha (s + \beta)` with
+    ``s(0) = 0`` (levels ``alpha*(beta -+ 1)``, and ``alpha*beta`` exactly at the threshold).
+
+    ``alpha``/``beta`` are scalars, or arrays of shape ``(C,)`` applied along axis 1 of ``x``
+    (``x`` of shape ``(N, C, ...)``). ``alpha == 0`` is a ``ValueError``; ``alpha < 0`` follows
+    the formulas (the levels swap). Returns float64 of ``x``'s shape.
+    """
+    official = check_convention(convention) == "official"
+    x, x3, alpha_c, beta_c, _ = _activations_3d(x, alpha, beta)
+    return _k.act_forward(x3, alpha_c, beta_c, official).reshape(x.shape)
+
+
+def binarize_activations_grad(x, alpha, beta, grad, *, convention="paper"):
+    r"""Backward of :func:`binarize_activations` with the Bi-Real estimator.
+
+    With :math:`F'(v) = \max(0, 2 - 2|v|)` and :math:`G = g\,F'(v)`:
+
+    .. math::
+        dx &= G \quad\text{(both conventions)} \\
+        \text{paper:}\quad d\alpha &= \textstyle\sum g s - \sum G v, \qquad
+            d\beta = \sum g - \sum G \\
+        \text{official:}\quad d\alpha &= \textstyle\sum g (s + \beta) - \sum G v, \qquad
+            d\beta = \alpha \sum g - \sum G
+
+    Sums run over all elements for scalar ``alpha``/``beta`` (returned as floats) and over all
+    axes except axis 1 for per-channel parameters (returned as ``(C,)`` arrays). Returns an
+    :class:`ActivationGrad` ``(dx, dalpha, dbeta)``.
+    """
+    official = check_convention(convention) == "official"
+    x, x3, alpha_c, beta_c, per_channel = _activations_3d(x, alpha, beta)
+    g = as_float_array(grad, "grad", allow_scalar=True)
+    if g.shape != x.shape:
+        raise ValueError(f"grad has shape {g.shape} but x has shape {x.shape}")
+    dx, s_gs, s_gv, s_g, s_gg = _k.act_backward(x3, alpha_c, beta_c, g.reshape(x3.shape), official)
+    return _combine_activation_grads(dx.reshape(x.shape), alpha_c, s_gs, s_gv, s_g, s_gg,
+                                     per_channel, official)
+
+
+def _combine_activation_grads(dx, alpha_c, s_gs, s_gv, s_g, s_gg, per_channel, official):
+    """Turn the kernels' per-channel partial sums into the SPEC's dalpha, dbeta."""
+    if not per_channel:
+        s_gs, s_gv, s_g, s_gg = (float(np.sum(a)) for a in (s_gs, s_gv, s_g, s_gg))
+        alpha_c = float(alpha_c[0])
+    dalpha = s_gs - s_gv
+    dbeta = (alpha_c * s_g if official else s_g) - s_gg
+    return ActivationGrad(dx, dalpha, dbeta)
