@@ -17,6 +17,13 @@ from .binarize import (
     weight_binary_set,
 )
 from .conv import ConvGrad, adabin_conv2d, adabin_conv2d_grad, conv2d
+from .equalization import (
+    EqualizationLandscape,
+    EqualizationResult,
+    equalization_search,
+    kl_divergence_histogram,
+    kl_gaussian,
+)
 
 __version__ = "0.1.0"
 
@@ -33,5 +40,10 @@ __all__ = [
     "conv2d",
     "ede",
     "ede_schedule",
+    "EqualizationLandscape",
+    "EqualizationResult",
+    "equalization_search",
+    "kl_divergence_histogram",
+    "kl_gaussian",
     "weight_binary_set",
 ]

@@ -182,8 +182,9 @@ def _activations_3d(x, alpha, beta):
     else:
         channels = 1
         x3 = x.reshape(1, 1, -1)
-    alpha_c, beta_c, per_channel = activation_params(alpha, beta, channels)
-    return x, x3, alpha_c, beta_c, per_channel
+    alpha_c, beta_c, _ = activation_params(alpha, beta, channels)
+    # each parameter's gradient takes that parameter's own shape (scalar or (C,))
+    return x, x3, alpha_c, beta_c, (a_is_arr, b_is_arr)
 
 
 def binarize_activations(x, alpha, beta, *, convention="paper"):
@@ -230,10 +231,16 @@ def binarize_activations_grad(x, alpha, beta, grad, *, convention="paper"):
 
 
 def _combine_activation_grads(dx, alpha_c, s_gs, s_gv, s_g, s_gg, per_channel, official):
-    """Turn the kernels' per-channel partial sums into the SPEC's dalpha, dbeta."""
-    if not per_channel:
-        s_gs, s_gv, s_g, s_gg = (float(np.sum(a)) for a in (s_gs, s_gv, s_g, s_gg))
-        alpha_c = float(alpha_c[0])
+    """Turn the kernels' per-channel partial sums into the SPEC's dalpha, dbeta.
+
+    ``per_channel = (alpha_is_array, beta_is_array)``: a scalar parameter stands for every
+    channel, so its gradient is the sum of the per-channel gradients (a float).
+    """
+    alpha_pc, beta_pc = per_channel
     dalpha = s_gs - s_gv
     dbeta = (alpha_c * s_g if official else s_g) - s_gg
+    if not alpha_pc:
+        dalpha = float(np.sum(s_gs) - np.sum(s_gv))
+    if not beta_pc:
+        dbeta = float(np.sum(dbeta))
     return ActivationGrad(dx, dalpha, dbeta)
