@@ -16,6 +16,7 @@ from .binarize import (
     ede_schedule,
     weight_binary_set,
 )
+from .checkpoint import CheckpointError, load_checkpoint, save_npz
 from .conv import ConvGrad, adabin_conv2d, adabin_conv2d_grad, conv2d
 from .equalization import (
     EqualizationLandscape,
@@ -29,6 +30,9 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ActivationGrad",
+    "CheckpointError",
+    "load_checkpoint",
+    "save_npz",
     "ConvGrad",
     "adabin_conv2d",
     "adabin_conv2d_grad",
