@@ -35,8 +35,9 @@ def grid_case(draw):
     stride = (draw(st.integers(1, 3)), draw(st.integers(1, 3)))
     dilation = (draw(st.integers(1, 2)), draw(st.integers(1, 2)))
     padding = (draw(st.integers(0, 3)), draw(st.integers(0, 3)))
-    h = draw(st.integers(max(1, dilation[0] * (kh - 1) + 1 - 2 * padding[0]), 8))
-    w = draw(st.integers(max(1, dilation[1] * (kw - 1) + 1 - 2 * padding[1]), 8))
+    lo_h = max(1, dilation[0] * (kh - 1) + 1 - 2 * padding[0])
+    lo_w = max(1, dilation[1] * (kw - 1) + 1 - 2 * padding[1])
+    h, w = draw(st.integers(lo_h, lo_h + 6)), draw(st.integers(lo_w, lo_w + 6))
     return dict(n=draw(st.integers(1, 2)), c=cg * groups, cg=cg, o=og * groups, h=h, w=w,
                 kh=kh, kw=kw, stride=stride, padding=padding, dilation=dilation, groups=groups,
                 alpha_pc=draw(st.booleans()), beta_pc=draw(st.booleans()),
