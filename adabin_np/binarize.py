@@ -178,10 +178,10 @@ def _activations_3d(x, alpha, beta):
         )
     if x.ndim >= 2:
         channels = x.shape[1]
-        x3 = x.reshape(x.shape[0], channels, -1)
+        x3 = x.reshape(x.shape[0], channels, int(np.prod(x.shape[2:])))
     else:
         channels = 1
-        x3 = x.reshape(1, 1, -1)
+        x3 = x.reshape(1, 1, x.size)
     alpha_c, beta_c, _ = activation_params(alpha, beta, channels)
     # each parameter's gradient takes that parameter's own shape (scalar or (C,))
     return x, x3, alpha_c, beta_c, (a_is_arr, b_is_arr)

@@ -50,6 +50,9 @@ def as_float_array(a, name, *, ndim=None, min_ndim=None, allow_scalar=False):
     """
     if isinstance(a, (str, bytes)) or a is None:
         raise TypeError(f"{name} must be a real numeric array, got {type(a).__name__}")
+    if isinstance(a, np.ma.MaskedArray):
+        raise TypeError(f"{name} is a masked array; fill it first (np.ma.filled) so that no "
+                        "masked value is used silently")
     try:
         arr = np.asarray(a)
     except Exception as exc:  # ragged lists and the like
@@ -66,6 +69,8 @@ def as_float_array(a, name, *, ndim=None, min_ndim=None, allow_scalar=False):
     if ndim is None and min_ndim is None and arr.ndim == 0 and not allow_scalar:
         raise ValueError(f"{name} must be an array, got a scalar")
     out = np.asarray(arr, dtype=np.float64, order="C")
+    if not out.flags.writeable:  # one kernel specialisation: read-only inputs get a copy
+        out = out.copy()
     if out.size and not np.isfinite(out).all():
         raise ValueError(f"{name} contains NaN or infinity")
     return out
@@ -82,10 +87,14 @@ def check_convention(convention):
 
 def check_finite_scalar(value, name, *, positive=False):
     """Validate a real finite Python/NumPy scalar and return it as float."""
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Real, np.number)):
-        if not (isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "iuf"):
-            raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    value = float(value)
+    if isinstance(value, np.ndarray) and value.ndim == 0 and value.dtype.kind in "iuf":
+        value = value[()]
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    try:
+        value = float(value)
+    except OverflowError:
+        raise ValueError(f"{name} is too large to be represented as a float") from None
     if not np.isfinite(value):
         raise ValueError(f"{name} must be finite, got {value}")
     if positive and value <= 0:
@@ -107,6 +116,8 @@ def activation_params(alpha, beta, channels):
     per_channel = False
     out = []
     for value, name in ((alpha, "alpha"), (beta, "beta")):
+        if np.asarray(value).dtype.kind == "b":
+            raise TypeError(f"{name} must be a real number or array, got a boolean")
         arr = as_float_array(value, name, allow_scalar=True)
         if arr.ndim == 0:
             arr = np.full(channels, float(arr))
@@ -125,6 +136,10 @@ def activation_params(alpha, beta, channels):
     return out[0], out[1], per_channel
 
 
+_MAX_GEOMETRY = 2**31 - 1  # kernels index with int64; geometry stays far below overflow
+_MAX_OUTPUT_ELEMENTS = 2**31  # 16 GiB of float64: larger outputs are refused, not attempted
+
+
 def _pair(value, name, *, minimum):
     if isinstance(value, (bool, np.bool_)):
         raise TypeError(f"{name} must be an int or a pair of ints, got bool")
@@ -140,6 +155,8 @@ def _pair(value, name, *, minimum):
     if min(pair) < minimum:
         cmp = "> 0" if minimum == 1 else ">= 0"
         raise ValueError(f"{name} must be {cmp}, got {value!r}")
+    if max(pair) > _MAX_GEOMETRY:
+        raise ValueError(f"{name} must be <= {_MAX_GEOMETRY}, got {value!r}")
     return pair
 
 
@@ -186,9 +203,15 @@ def conv_params(x_shape, w_shape, stride, padding, dilation, groups, *, x_name="
     eff_w = dilation[1] * (kw - 1) + 1
     if eff_h > h + 2 * padding[0] or eff_w > w + 2 * padding[1]:
         raise ValueError(
-            f"kernel (dilated {eff_h}x{eff_w}) is larger than the padded input "
-            f"({h + 2 * padding[0]}x{w + 2 * padding[1]})"
+            f"{w_name} kernel (dilated {eff_h}x{eff_w}, dilation={dilation}) is larger than the "
+            f"padded input {x_name} ({h + 2 * padding[0]}x{w + 2 * padding[1]}, padding={padding})"
         )
     out_h = conv_output_size(h, kh, stride[0], padding[0], dilation[0])
     out_w = conv_output_size(w, kw, stride[1], padding[1], dilation[1])
+    padded = (h + 2 * padding[0]) * (w + 2 * padding[1])
+    if n * o * out_h * out_w > _MAX_OUTPUT_ELEMENTS or padded > _MAX_OUTPUT_ELEMENTS:
+        raise ValueError(
+            f"output of shape ({n}, {o}, {out_h}, {out_w}) is too large; check padding={padding} "
+            f"and the shape of {x_name}"
+        )
     return ConvParams(stride, padding, dilation, groups, out_h, out_w)
