@@ -110,8 +110,8 @@ def weight_binary_set(w):
     ``beta = mu, alpha = sigma``.
 
     Constant filter: when all weights of a channel are exactly equal, ``beta_w`` is that value
-    (exactly, not a rounded mean) and ``alpha_w = 0``. A channel whose variance underflows to
-    zero is treated the same way (``alpha_w = 0``, ``beta_w`` the mean).
+    (exactly, not a rounded mean) and ``alpha_w = 0``. The variance is computed scaled by
+    ``max|W_o - beta_w|``, so neither huge (1e200) nor tiny (1e-200) weights over/underflow.
 
     ``w`` has at least 2 dimensions with output channels on axis 0 (conv ``(O, I, kh, kw)`` or
     linear ``(O, I)``); any real dtype, computed in float64.

@@ -391,9 +391,6 @@ def test_inputs_are_never_modified():
 # ----------------------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="kernels_cpu.weight_stats squares W - beta_w, which "
-                   "overflows for |W| > ~1e154: alpha_w = inf, binarize_weights = inf/NaN for "
-                   "finite weights whose result is representable (reported); remove when fixed")
 def test_huge_finite_weights_give_finite_results():
     w = W * 1e200
     alpha, beta = ab.weight_binary_set(w)
