@@ -1,0 +1,717 @@
+r"""Bit-packed XNOR/popcount inference for AdaBin (``SPEC.md`` section 4), CPU (and CUDA).
+
+The float path (:func:`adabin_np.adabin_conv2d`) multiplies binarized float64 tensors. Here the
+signs are packed into ``uint64`` words and the convolution becomes XOR + popcount on integers,
+rescaled once per output. With activation levels ``c_a +- d_a`` and weight levels
+``c_w +- d_w``, over the valid (in-bounds) taps ``P`` of one output pixel, ``N = |P|``:
+
+.. math::
+    y = d_a d_w \textstyle\sum s_a s_w + d_a c_w \sum s_a + c_a d_w \sum_P s_w + c_a c_w N,
+    \qquad \sum s_a s_w = N - 2\,\mathrm{popc}(a \oplus w), \quad
+    \sum s_a = 2\,\mathrm{popc}(a) - N
+
+which is :math:`\sum_P (c_a + d_a s_a)(c_w + d_w s_w)` expanded. Levels:
+
+* activations, ``paper``: ``c_a = beta``, ``d_a = alpha``; ``official`` (levels
+  ``alpha*(beta -+ 1)``): ``c_a = alpha*beta``, ``d_a = alpha``;
+* weights, per output channel (both conventions): ``c_w = beta_w``, ``d_w = alpha_w`` from
+  :func:`~adabin_np.binarize.weight_binary_set`.
+
+Padding is a real zero after binarization, so padded taps are *skipped*: a border pixel has
+its own ``N`` and ``sum_P(s_w)`` (Larq Compute Engine's zero-padding correction). Both are
+precomputed per border class (distinct valid kernel-row range x valid kernel-column range).
+Negative ``alpha`` needs no special case: ``s_a`` is the sign of ``v = (x - beta)/alpha`` (so
+``s_a = +1`` means ``x <= beta`` there) and the level ``c_a + d_a s_a`` is exactly the float
+path's. A constant filter (``alpha_w = 0``) has ``d_w = 0``: its output is ``beta_w`` times
+the sum of the activation levels.
+
+**Tie rule.** Bit = 1 (``s = +1``) iff ``v >= 0`` (activations, ``v = (x - beta)/alpha``
+computed exactly as the float path computes it) and iff ``u >= 0`` (weights,
+``u = (W - beta_w)/alpha_w``; a constant filter packs as all ones). The packed path has no zero
+level, so it maps ``v == 0`` to ``+1`` in **both** conventions. In the ``paper`` convention
+that is exactly the float path; in the ``official`` convention the float path uses
+``torch.sign(0) = 0`` (level ``alpha*beta``, weight level ``beta_w``), so every exact tie is a
+place where the two paths differ. :func:`threshold_ties` and ``return_info=True`` count them
+(SPEC section 7, flip risk). With continuous data ties have probability ~0.
+
+**Per-channel activation sets.** With ``alpha``/``beta`` of shape ``(C,)`` the levels vary over
+input channels and the formula does not factor over a whole word. Channels of a group are
+therefore sorted into *segments* of equal ``(c_a, d_a)``; each segment starts on a fresh word
+and gets its own popcounts (exact), and ``y`` sums the formula over segments. A scalar set (or
+per-channel arrays that are constant within each group) is one segment per group: the fast,
+natural layout. Fully distinct per-channel sets cost up to one word per channel (up to 64x
+slower than the scalar path, still exact).
+
+**Layout.** Activations NHWC: ``(N, H, W, words)`` ``uint64``, channels LSB-first, tail bits 0
+(:func:`pack_bits` with ``axis=1`` then moved last gives the natural layout for ``groups=1``).
+Weights: see :class:`PackedWeights`.
+
+Public entry points: :func:`pack_bits`, :func:`unpack_bits`, :func:`pack_weights`
+(:class:`PackedWeights`), :func:`packed_adabin_conv2d`,
+:func:`packed_adabin_conv2d_prepacked`, :func:`packed_conv_counts` (the raw integer sums),
+:func:`threshold_ties`, :func:`packed_linear`, :func:`adabin_linear` (float counterpart).
+"""
+
+from __future__ import annotations
+
+import functools
+import numbers
+from typing import NamedTuple
+
+import numpy as np
+
+from . import kernels_cpu as _k
+from .binarize import _activations_3d
+from .conv import adabin_conv2d
+from .validation import (
+    ConvParams,
+    activation_params,
+    as_float_array,
+    check_convention,
+    conv_params,
+)
+
+__all__ = [
+    "PackedCounts",
+    "PackedInfo",
+    "PackedWeights",
+    "adabin_linear",
+    "pack_bits",
+    "pack_weights",
+    "packed_adabin_conv2d",
+    "packed_adabin_conv2d_prepacked",
+    "packed_conv_counts",
+    "packed_linear",
+    "threshold_ties",
+    "unpack_bits",
+]
+
+WORD_BITS = 64
+DEVICES = ("cpu", "cuda")
+
+
+class PackedInfo(NamedTuple):
+    """Tie report of a packed call (flip risk, SPEC section 7).
+
+    ``activation_ties``: elements of ``x`` with ``v == 0`` exactly; ``weight_ties``: weights
+    with ``u == 0`` exactly in non-constant filters. Both pack as ``+1``. ``flips``: how many of
+    those binarize differently from the float path -- their sum in the ``official`` convention
+    (float ``sign(0) = 0``), 0 in the ``paper`` convention (float ``sign(0) = +1`` as well).
+    """
+
+    activation_ties: int
+    weight_ties: int
+    flips: int
+
+
+class PackedCounts(NamedTuple):
+    """Raw integer sums of the packed convolution (SPEC section 4), all ``int64``.
+
+    ``sum_aw[n, o, i, j] = sum_P s_a s_w = N - 2 popc(a XOR w)``;
+    ``sum_a[n, g, i, j] = sum_P s_a = 2 popc(a) - N`` (per group ``g``);
+    ``sum_w[o, i, j] = sum_P s_w`` (zero-padding correction); ``n_valid[i, j] = N``
+    (``C/groups`` times the number of in-bounds kernel taps).
+    """
+
+    sum_aw: np.ndarray
+    sum_a: np.ndarray
+    sum_w: np.ndarray
+    n_valid: np.ndarray
+
+
+# ----------------------------------------------------------------------------------------------
+# validation helpers
+# ----------------------------------------------------------------------------------------------
+
+
+def _check_device(device):
+    if not isinstance(device, str):
+        raise TypeError(f"device must be a string, got {type(device).__name__}")
+    if device not in DEVICES:
+        raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
+    return device
+
+
+def _as_input_array(a, name, ndim=None, *, min_ndim=None, allow_empty=False):
+    """``as_float_array`` without its finiteness pass (the packing kernel checks finiteness on
+    the fly, saving one full read of the input); same dtype and ndim errors."""
+    if isinstance(a, (str, bytes)) or a is None:
+        raise TypeError(f"{name} must be a real numeric array, got {type(a).__name__}")
+    try:
+        arr = np.asarray(a)
+    except Exception as exc:  # ragged lists and the like
+        raise TypeError(f"{name} could not be converted to an array: {exc}") from None
+    if arr.dtype.kind == "c":
+        raise TypeError(f"{name} must be real, got complex dtype {arr.dtype}")
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must have a real numeric dtype, got {arr.dtype}")
+    if ndim is not None and arr.ndim != ndim:
+        raise ValueError(f"{name} must have {ndim} dimensions, got shape {arr.shape}")
+    if min_ndim is not None and arr.ndim < min_ndim:
+        raise ValueError(f"{name} must have at least {min_ndim} dimensions, got shape "
+                         f"{arr.shape}")
+    if not allow_empty and 0 in arr.shape:
+        raise ValueError(f"{name} must be non-empty, got shape {arr.shape}")
+    return np.asarray(arr, dtype=np.float64, order="C")
+
+
+def _check_int(value, name, *, minimum):
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Integral, np.integer)):
+        raise TypeError(f"{name} must be an int, got {value!r}")
+    value = int(value)
+    if value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def _check_axis(axis, ndim):
+    if isinstance(axis, (bool, np.bool_)) or not isinstance(axis, (numbers.Integral, np.integer)):
+        raise TypeError(f"axis must be an int, got {axis!r}")
+    axis = int(axis)
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"axis {axis} is out of bounds for an array of {ndim} dimensions")
+    return axis % ndim
+
+
+def _n_words(n):
+    return (n + WORD_BITS - 1) // WORD_BITS
+
+
+# ----------------------------------------------------------------------------------------------
+# generic packing
+# ----------------------------------------------------------------------------------------------
+
+
+def pack_bits(x, *, axis=-1):
+    r"""Pack the signs of ``x`` along ``axis`` into ``uint64`` words, LSB-first.
+
+    Bit ``b`` of word ``q`` is 1 iff ``x[..., 64*q + b, ...] >= 0`` (``s = +1``; ``-0.0``
+    counts as ``>= 0``), 0 otherwise; bits past the axis length (tail bits) are 0. The axis of
+    length ``n`` becomes ``ceil(n/64)`` words; other axes are unchanged. For AdaBin activations
+    pack ``v = (x - beta)/alpha`` (or use :func:`packed_adabin_conv2d`, which packs NCHW input
+    to NHWC words internally with exactly this rule). Any real dtype; non-finite values are a
+    ``ValueError``. Inverse: :func:`unpack_bits`.
+    """
+    arr = _as_input_array(x, "x", min_ndim=1, allow_empty=True)
+    ax = _check_axis(axis, arr.ndim)
+    moved = np.moveaxis(arr, ax, -1)
+    n = moved.shape[-1]
+    lead = moved.shape[:-1]
+    x2 = np.ascontiguousarray(moved).reshape(-1, n) if moved.size else np.zeros((0, n))
+    packed, bad = _k.pack_lastaxis(x2, _n_words(n))
+    if bad:
+        raise ValueError("x contains NaN or infinity")
+    return np.moveaxis(packed.reshape(lead + (_n_words(n),)), -1, ax)
+
+
+def unpack_bits(packed, n, *, axis=-1):
+    r"""Signs of :func:`pack_bits` words: float64 ``+1.0`` for bit 1, ``-1.0`` for bit 0.
+
+    ``packed`` must have dtype ``uint64`` (``TypeError`` otherwise) and ``ceil(n/64)`` words
+    along ``axis``; bits past ``n`` must be 0 (``ValueError``: a wrong ``n``). Returns an
+    array with ``axis`` of length ``n``: ``unpack_bits(pack_bits(x), x.shape[-1])`` equals
+    ``np.where(x >= 0, 1.0, -1.0)``.
+    """
+    if not isinstance(packed, np.ndarray):
+        raise TypeError(f"packed must be a numpy.ndarray of uint64, got {type(packed).__name__}")
+    if packed.dtype != np.uint64:
+        raise TypeError(f"packed must have dtype uint64, got {packed.dtype}")
+    if packed.ndim < 1:
+        raise ValueError("packed must have at least 1 dimension, got a scalar")
+    n = _check_int(n, "n", minimum=0)
+    ax = _check_axis(axis, packed.ndim)
+    if packed.shape[ax] != _n_words(n):
+        raise ValueError(f"packed has {packed.shape[ax]} words along axis {ax}, but n={n} bits "
+                         f"need {_n_words(n)}")
+    moved = np.ascontiguousarray(np.moveaxis(packed, ax, -1))
+    lead = moved.shape[:-1]
+    p2 = moved.reshape(int(np.prod(lead)), moved.shape[-1])
+    if n % WORD_BITS and p2.size:
+        tail = ~np.uint64((1 << (n % WORD_BITS)) - 1)
+        if np.any(p2[:, -1] & tail):
+            raise ValueError(f"packed has nonzero bits past n={n} (tail bits must be 0)")
+    out = _k.unpack_lastaxis(p2, n)
+    return np.moveaxis(out.reshape(lead + (n,)), -1, ax)
+
+
+# ----------------------------------------------------------------------------------------------
+# channel layout (segments of equal activation levels)
+# ----------------------------------------------------------------------------------------------
+
+
+class _Layout(NamedTuple):
+    key: tuple
+    n_words: int
+    word_ptr: np.ndarray    # (n_words + 1,) into word_chans
+    word_chans: np.ndarray  # (C,) channels in word order
+    chan_word: np.ndarray   # (C,)
+    chan_bit: np.ndarray    # (C,)
+    seg_w0: np.ndarray      # (S,) first word of the segment
+    seg_w1: np.ndarray      # (S,) one past its last word
+    seg_n: np.ndarray       # (S,) channels in the segment
+    seg_ca: np.ndarray      # (S,) c_a of the segment
+    seg_da: np.ndarray      # (S,) d_a of the segment
+    seg_group: np.ndarray   # (S,)
+    g_seg0: np.ndarray      # (G,) first segment of each group
+    g_seg1: np.ndarray      # (G,)
+    g_w0: np.ndarray        # (G,) first word of each group
+    wgm: int                # largest number of words of a group
+
+
+def _natural_layout(c, groups, seg_ca, seg_da):
+    cg = c // groups
+    wg = _n_words(cg)
+    q = np.arange(groups * wg)
+    g_of_q = q // wg
+    start = g_of_q * cg + (q % wg) * WORD_BITS
+    word_ptr = np.append(start, c).astype(np.int64)
+    cc = np.arange(c) % cg
+    chan_word = (np.arange(c) // cg) * wg + cc // WORD_BITS
+    g = np.arange(groups, dtype=np.int64)
+    return _Layout(("natural", groups), groups * wg, word_ptr, np.arange(c, dtype=np.int64),
+                   chan_word.astype(np.int64), (cc % WORD_BITS).astype(np.int64),
+                   g * wg, (g + 1) * wg, np.full(groups, cg, dtype=np.int64),
+                   np.ascontiguousarray(seg_ca, dtype=np.float64),
+                   np.ascontiguousarray(seg_da, dtype=np.float64), g, g, g + 1, g * wg, wg)
+
+
+def _segmented_layout(c_a, d_a, groups):
+    c = c_a.shape[0]
+    cg = c // groups
+    chan_word = np.empty(c, dtype=np.int64)
+    chan_bit = np.empty(c, dtype=np.int64)
+    word_ptr = [0]
+    word_chans = []
+    seg = {k: [] for k in ("w0", "w1", "n", "ca", "da", "g")}
+    g_seg0 = np.empty(groups, dtype=np.int64)
+    g_seg1 = np.empty(groups, dtype=np.int64)
+    word = 0
+    for g in range(groups):
+        chans = np.arange(g * cg, (g + 1) * cg)
+        pairs = np.stack([c_a[chans], d_a[chans]], axis=1)
+        uniq, inv = np.unique(pairs, axis=0, return_inverse=True)
+        inv = inv.reshape(-1)
+        g_seg0[g] = len(seg["w0"])
+        for k in range(uniq.shape[0]):
+            members = chans[inv == k]
+            nw = _n_words(members.size)
+            idx = np.arange(members.size)
+            chan_word[members] = word + idx // WORD_BITS
+            chan_bit[members] = idx % WORD_BITS
+            for q in range(nw):
+                block = members[q * WORD_BITS:(q + 1) * WORD_BITS]
+                word_chans.extend(block.tolist())
+                word_ptr.append(word_ptr[-1] + block.size)
+            seg["w0"].append(word)
+            seg["w1"].append(word + nw)
+            seg["n"].append(members.size)
+            seg["ca"].append(uniq[k, 0])
+            seg["da"].append(uniq[k, 1])
+            seg["g"].append(g)
+            word += nw
+        g_seg1[g] = len(seg["w0"])
+    i64 = lambda v: np.asarray(v, dtype=np.int64)  # noqa: E731
+    key = ("segmented", groups, chan_word.tobytes(), chan_bit.tobytes())
+    seg_w0 = i64(seg["w0"])
+    seg_w1 = i64(seg["w1"])
+    g_w0 = seg_w0[g_seg0]
+    wgm = int(np.max(seg_w1[g_seg1 - 1] - g_w0))
+    return _Layout(key, word, i64(word_ptr), i64(word_chans), chan_word, chan_bit,
+                   seg_w0, seg_w1, i64(seg["n"]),
+                   np.asarray(seg["ca"], dtype=np.float64), np.asarray(seg["da"], dtype=np.float64),
+                   i64(seg["g"]), g_seg0, g_seg1, g_w0, wgm)
+
+
+_LAYOUT_CACHE: dict = {}
+_LAYOUT_CACHE_SIZE = 32
+
+
+def _channel_layout(alpha_c, beta_c, groups, official):
+    """Segments of equal activation levels ``(c_a, d_a)`` per group (see module docstring)."""
+    d_a = alpha_c
+    c_a = alpha_c * beta_c if official else beta_c
+    c = c_a.shape[0]
+    ca2 = c_a.reshape(groups, -1)
+    da2 = d_a.reshape(groups, -1)
+    natural = bool(np.all(ca2 == ca2[:, :1]) and np.all(da2 == da2[:, :1]))
+    if natural:
+        key = ("natural", c, groups, ca2[:, 0].tobytes(), da2[:, 0].tobytes())
+    else:
+        key = ("segmented", groups, c_a.tobytes(), d_a.tobytes())
+    layout = _LAYOUT_CACHE.get(key)
+    if layout is None:
+        layout = (_natural_layout(c, groups, ca2[:, 0], da2[:, 0]) if natural
+                  else _segmented_layout(c_a, d_a, groups))
+        if len(_LAYOUT_CACHE) >= _LAYOUT_CACHE_SIZE:
+            _LAYOUT_CACHE.pop(next(iter(_LAYOUT_CACHE)))
+        _LAYOUT_CACHE[key] = layout
+    return layout
+
+
+# ----------------------------------------------------------------------------------------------
+# weights
+# ----------------------------------------------------------------------------------------------
+
+
+class PackedWeights:
+    r"""Pre-binarized, pre-packed AdaBin weights, reusable across many packed calls.
+
+    Built by :func:`pack_weights`. Attributes:
+
+    * ``shape``: ``(O, Cg, kh, kw)`` of the float weights (a linear ``(O, I)`` is ``(O, I, 1, 1)``);
+    * ``alpha``, ``beta``: the weight binary set ``d_w = alpha_w``, ``c_w = beta_w`` per output
+      channel, ``(O,)`` float64 (:func:`~adabin_np.binarize.weight_binary_set`);
+    * ``words``: ``(O, kh, kw, ceil(Cg/64))`` ``uint64``, bit ``b`` of word ``q`` at
+      ``(o, ki, kj)`` is 1 iff ``u >= 0`` for input channel ``64*q + b``, tail bits 0 (a
+      constant filter is all ones) -- the same layout as ``adabin_np.cuda.pack_weight_bits_cuda``;
+    * ``ties``: number of weights with ``u == 0`` exactly in non-constant filters (they pack as
+      ``+1``; the official float path gives them ``sign = 0``);
+    * ``w``: the float64 weights (kept for the CUDA path).
+
+    The kernel layout (tap-major, output channels last, channel order of the activation
+    segments) and the per-tap popcounts are derived from these on first use for a given
+    ``groups``/segment layout and cached on the object.
+    """
+
+    def __init__(self, w):
+        o_, cg, kh, kw = w.shape
+        self.w = w
+        self.shape = w.shape
+        w2 = w.reshape(o_, -1)
+        self.alpha, self.beta = _k.weight_stats(w2)
+        bits, ties = _k.weight_sign_bits(w2, self.alpha, self.beta)
+        self.bits = bits.reshape(w.shape)
+        self.ties = int(ties)
+        self.words = pack_bits(np.where(self.bits.transpose(0, 2, 3, 1) != 0, 1.0, -1.0))
+        self._kernel_cache = {}
+        self._bias_cache = {}
+
+    def __repr__(self):
+        o_, cg, kh, kw = self.shape
+        return f"PackedWeights(O={o_}, Cg={cg}, kh={kh}, kw={kw}, ties={self.ties})"
+
+    def _kernel_weights(self, layout, groups, o_block):
+        """``(wtb, pcw)`` for a channel layout: the blocked kernel weights of
+        :func:`~adabin_np.kernels_cpu.pack_weight_layout` and the per-segment per-tap
+        popcounts ``pcw[s, t, j]`` (cached per layout and block size)."""
+        key = (layout.key, o_block)
+        entry = self._kernel_cache.get(key)
+        if entry is None:
+            o_, _, kh, kw = self.shape
+            og = o_ // groups
+            n_blk = -(-og // o_block)
+            wtb = _k.pack_weight_layout(self.bits, layout.chan_word, layout.chan_bit,
+                                        layout.g_w0, layout.wgm, o_block, n_blk)
+            pcw = _k.weight_tap_popcounts(wtb, layout.seg_w0, layout.seg_w1, layout.seg_group,
+                                          layout.g_w0, layout.wgm, og, kh * kw)
+            entry = (wtb, pcw)
+            if len(self._kernel_cache) >= 8:
+                self._kernel_cache.pop(next(iter(self._kernel_cache)))
+            self._kernel_cache[key] = entry
+        return entry
+
+
+    def _bias(self, layout, pcw, geometry, r_lo, r_hi, c_lo, c_hi):
+        """Border-class table of :func:`~adabin_np.kernels_cpu.packed_bias` (cached per
+        layout, activation levels and geometry: a model layer reuses it every call)."""
+        key = (layout.key, layout.seg_ca.tobytes(), geometry)
+        entry = self._bias_cache.get(key)
+        if entry is None:
+            entry = _k.packed_bias(pcw, layout.seg_n, layout.seg_ca, layout.g_seg0,
+                                   layout.g_seg1, self.alpha, self.beta, r_lo, r_hi, c_lo, c_hi,
+                                   self.shape[3])
+            if len(self._bias_cache) >= 16:
+                self._bias_cache.pop(next(iter(self._bias_cache)))
+            self._bias_cache[key] = entry
+        return entry
+
+
+def pack_weights(w, *, convention="paper"):
+    r"""Binarize and pack conv weights ``(O, C/groups, kh, kw)`` (or linear ``(O, I)``) once.
+
+    Returns a :class:`PackedWeights` for :func:`packed_adabin_conv2d_prepacked`,
+    :func:`packed_linear` and :func:`packed_conv_counts`. Weight binary set per output channel
+    ``(alpha_w, beta_w) = weight_binary_set(w)``; bit = 1 iff ``u = (W - beta_w)/alpha_w >= 0``.
+    ``convention`` is validated but does not change the result: both conventions have weight
+    levels ``beta_w +- alpha_w`` and the packed path maps ``u == 0`` to ``+1`` in both.
+    """
+    check_convention(convention)
+    w = as_float_array(w, "w", min_ndim=2)
+    w = w.copy()  # PackedWeights owns its float weights (kept for the CUDA path)
+    if w.ndim == 2:
+        w = w.reshape(w.shape + (1, 1))
+    if w.ndim != 4:
+        raise ValueError(f"w must have 4 (conv) or 2 (linear) dimensions, got shape {w.shape}")
+    if 0 in w.shape:
+        raise ValueError(f"w must be non-empty, got shape {w.shape}")
+    return PackedWeights(w)
+
+
+def _as_packed_weights(w):
+    if isinstance(w, PackedWeights):
+        return w
+    return pack_weights(w)
+
+
+# ----------------------------------------------------------------------------------------------
+# geometry
+# ----------------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=256)
+def _tap_ranges(size, k, stride, pad, dil, out):
+    """Valid kernel index range ``[lo, hi)`` per output index and its border class
+    (cached per geometry; the arrays are only read)."""
+    base = np.arange(out, dtype=np.int64) * stride - pad
+    lo = np.minimum(np.maximum(0, -(base // dil)), k)
+    hi = np.minimum(k, (size - 1 - base) // dil + 1)
+    hi = np.maximum(hi, lo)
+    uniq, cls = np.unique(lo * (k + 1) + hi, return_inverse=True)
+    return (lo, hi, cls.reshape(-1).astype(np.int64), (uniq // (k + 1)).astype(np.int64),
+            (uniq % (k + 1)).astype(np.int64))
+
+
+#: largest number of output channels per kernel block (the popcount loop's vector length)
+MAX_O_BLOCK = 128
+
+
+def _o_block(og, row_tasks):
+    """Output channels per block: the fewest blocks of <= MAX_O_BLOCK channels (rounded up to
+    a multiple of 4, one AVX2 vector of words), halved while there are too few tasks
+    (rows x blocks) to keep several threads busy."""
+    n_blk = -(-og // MAX_O_BLOCK)
+    while row_tasks * n_blk < 16 and -(-og // (n_blk * 2)) >= 16:
+        n_blk *= 2
+    block = -(-og // n_blk)
+    if block > 4:
+        block = -(-block // 4) * 4
+    return block
+
+
+def _h_chunk(h_, other_tasks, *, min_tasks=8):
+    """Rows per packing task: whole planes unless that leaves fewer than ``min_tasks`` tasks."""
+    chunks = max(1, min(h_, -(-min_tasks // other_tasks)))
+    return -(-h_ // chunks)
+
+
+def _run_cpu(x, pw, alpha_c, beta_c, p: ConvParams, official, raw=False):
+    """Pack activations, build the border tables and run the popcount kernel."""
+    n_, c_, h_, w_ = x.shape
+    o_, cg, kh, kw = pw.shape
+    groups = p.groups
+    layout = _channel_layout(alpha_c, beta_c, groups, official)
+    xa = np.empty((n_, h_, w_, layout.n_words), dtype=np.uint64)
+    ties, bad = _k.pack_activations(x, alpha_c, beta_c, layout.word_ptr, layout.word_chans, xa,
+                                    _h_chunk(h_, n_ * layout.n_words))
+    if bad:
+        raise ValueError("x contains NaN or infinity")
+    og = o_ // groups
+    o_block = _o_block(og, n_ * p.out_h * groups)
+    wtb, pcw = pw._kernel_weights(layout, groups, o_block)
+    row_lo, row_hi, row_cls, r_lo, r_hi = _tap_ranges(h_, kh, p.stride[0], p.padding[0],
+                                                      p.dilation[0], p.out_h)
+    col_lo, col_hi, col_cls, c_lo, c_hi = _tap_ranges(w_, kw, p.stride[1], p.padding[1],
+                                                      p.dilation[1], p.out_w)
+    bias, sum_w, n_valid = pw._bias(layout, pcw, (h_, w_, p), r_lo, r_hi, c_lo, c_hi)
+    if raw:
+        raw_aw = np.zeros((n_, o_, p.out_h, p.out_w), dtype=np.int64)
+        raw_a = np.zeros((n_, groups, p.out_h, p.out_w), dtype=np.int64)
+    else:
+        raw_aw = np.zeros((1, 1, 1, 1), dtype=np.int64)
+        raw_a = raw_aw
+    y = np.empty((n_, o_, p.out_h, p.out_w))
+    _k.packed_conv_forward(xa, wtb, layout.wgm, layout.g_w0, og, layout.seg_w0, layout.seg_w1,
+                           layout.seg_n, layout.seg_da, layout.g_seg0, layout.g_seg1, bias,
+                           pw.alpha, pw.beta, row_lo, row_hi, row_cls, col_lo, col_hi, col_cls,
+                           kw, p.stride[0], p.stride[1], p.padding[0], p.padding[1],
+                           p.dilation[0], p.dilation[1], raw, raw_aw, raw_a, y)
+    if raw:
+        sw = sum_w[row_cls[:, None], col_cls[None, :]]            # (OH, OW, O)
+        nv = n_valid[row_cls[:, None], col_cls[None, :], 0]        # (OH, OW)
+        return PackedCounts(raw_aw, raw_a, np.ascontiguousarray(sw.transpose(2, 0, 1)),
+                            np.ascontiguousarray(nv))
+    return y, int(ties)
+
+
+def _info(act_ties, weight_ties, official):
+    flips = act_ties + weight_ties if official else 0
+    return PackedInfo(int(act_ties), int(weight_ties), int(flips))
+
+
+# ----------------------------------------------------------------------------------------------
+# convolution
+# ----------------------------------------------------------------------------------------------
+
+
+def packed_adabin_conv2d_prepacked(x, packed_weights, alpha, beta, *, stride=1, padding=0,
+                                   dilation=1, groups=1, convention="paper", device="cpu",
+                                   return_info=False):
+    r""":func:`packed_adabin_conv2d` with weights packed once by :func:`pack_weights`.
+
+    A model layer calls this many times with the same :class:`PackedWeights`; per call only
+    the activations are binarized and packed (fused with the finiteness check) and the popcount
+    kernel runs: the kernel weight layout, the per-tap weight popcounts and the border-class
+    table (``sum_P(s_w)``, ``N``) are cached on the :class:`PackedWeights` per channel layout,
+    activation levels and geometry.
+    """
+    if not isinstance(packed_weights, PackedWeights):
+        raise TypeError("packed_weights must be a PackedWeights (from pack_weights), got "
+                        f"{type(packed_weights).__name__}")
+    official = check_convention(convention) == "official"
+    device = _check_device(device)
+    if isinstance(return_info, (bool, np.bool_)) is False:
+        raise TypeError(f"return_info must be a bool, got {type(return_info).__name__}")
+    pw = packed_weights
+    if device == "cuda":
+        x = as_float_array(x, "x", ndim=4)
+        if 0 in x.shape:
+            raise ValueError(f"x must be non-empty, got shape {x.shape}")
+    else:
+        x = _as_input_array(x, "x", 4)
+    p = conv_params(x.shape, pw.shape, stride, padding, dilation, groups, w_name="w")
+    alpha_c, beta_c, _ = activation_params(alpha, beta, x.shape[1])
+    if device == "cuda":
+        try:
+            from .cuda import packed_adabin_conv2d_cuda
+        except ImportError as exc:
+            raise RuntimeError(f"device='cuda' needs adabin_np.cuda (numba-cuda): {exc}") from exc
+        y = packed_adabin_conv2d_cuda(x, pw.w, alpha_c, beta_c, p, official)
+        if return_info:
+            return y, _info(_count_ties(x, alpha_c, beta_c), pw.ties, official)
+        return y
+    y, act_ties = _run_cpu(x, pw, alpha_c, beta_c, p, official)
+    if return_info:
+        return y, _info(act_ties, pw.ties, official)
+    return y
+
+
+def packed_adabin_conv2d(x, w, alpha, beta, *, stride=1, padding=0, dilation=1, groups=1,
+                         convention="paper", device="cpu", return_info=False):
+    r"""AdaBin convolution on bit-packed signs (XNOR/popcount), same API as
+    :func:`adabin_np.adabin_conv2d`.
+
+    ``x`` ``(N, C, H, W)`` (any real dtype), ``w`` ``(O, C/groups, kh, kw)`` (or a
+    :class:`PackedWeights`), ``alpha``/``beta`` the activation set (scalars or ``(C,)``).
+    Returns float64 ``(N, O, H_out, W_out)`` equal to the float path up to rounding (both are
+    ``sum_P (c_a + d_a s_a)(c_w + d_w s_w)``; the integer parts here are exact), except at
+    exact threshold ties in the ``official`` convention (module docstring, tie rule).
+
+    Steps: ``v = (x - beta)/alpha``, bit = ``v >= 0``, packed NHWC ``uint64`` (channels
+    LSB-first, tail bits 0); weights packed per output channel (``u >= 0``); for every output
+    pixel the valid taps ``P`` are visited and
+
+    .. math::
+        y = d_a d_w (N - 2\,\mathrm{popc}(a \oplus w)) + d_a c_w (2\,\mathrm{popc}(a) - N)
+          + c_a d_w \textstyle\sum_P s_w + c_a c_w N
+
+    with per-border-class ``sum_P(s_w)`` and ``N`` (zero-padding correction); per-channel sets
+    sum this over segments of equal levels. Levels: paper ``c_a = beta, d_a = alpha``;
+    official ``c_a = alpha*beta, d_a = alpha``; weights ``c_w = beta_w, d_w = alpha_w``.
+
+    ``device="cuda"`` runs ``adabin_np.cuda.packed_adabin_conv2d_cuda`` (``RuntimeError`` if
+    it cannot be imported or no GPU is usable). ``return_info=True`` returns
+    ``(y, PackedInfo)`` with the tie counts (flip risk). Validation as in the float path
+    (``TypeError``/``ValueError`` naming the argument); ``device`` other than ``"cpu"`` or
+    ``"cuda"`` is a ``ValueError``.
+    """
+    check_convention(convention)
+    _check_device(device)
+    pw = _as_packed_weights(w)
+    return packed_adabin_conv2d_prepacked(x, pw, alpha, beta, stride=stride, padding=padding,
+                                          dilation=dilation, groups=groups,
+                                          convention=convention, device=device,
+                                          return_info=return_info)
+
+
+def packed_conv_counts(x, w, alpha, beta, *, stride=1, padding=0, dilation=1, groups=1):
+    r"""Raw integer sums of the packed convolution, from the same kernel
+    (:func:`~adabin_np.kernels_cpu.packed_conv_forward` with ``raw=True``).
+
+    Returns :class:`PackedCounts` ``(sum_aw, sum_a, sum_w, n_valid)`` with
+    ``sum_aw = sum_P s_a s_w`` ``(N, O, OH, OW)``, ``sum_a = sum_P s_a`` ``(N, groups, OH, OW)``,
+    ``sum_w = sum_P s_w`` ``(O, OH, OW)`` and ``n_valid = N`` ``(OH, OW)``, all int64, where
+    ``s_a = +1`` iff ``(x - beta)/alpha >= 0`` and ``s_w = +1`` iff ``u >= 0``. They do not
+    depend on the convention.
+    """
+    pw = _as_packed_weights(w)
+    x = _as_input_array(x, "x", 4)
+    p = conv_params(x.shape, pw.shape, stride, padding, dilation, groups, w_name="w")
+    alpha_c, beta_c, _ = activation_params(alpha, beta, x.shape[1])
+    return _run_cpu(x, pw, alpha_c, beta_c, p, False, raw=True)
+
+
+def _count_ties(x4, alpha_c, beta_c):
+    v = (x4 - beta_c[None, :, None, None]) / alpha_c[None, :, None, None]
+    return int(np.count_nonzero(v == 0.0))
+
+
+def threshold_ties(x, alpha, beta):
+    r"""Number of activations exactly at the threshold, ``v = (x - beta)/alpha == 0``.
+
+    These are the elements where the ``official`` float path (``torch.sign(0) = 0``, level
+    ``alpha*beta``) and the packed path (``s = +1``, level ``alpha*(beta + 1)``) binarize
+    differently; in the ``paper`` convention both give ``+1``. ``x`` of any shape with
+    channels on axis 1 for per-channel ``alpha``/``beta`` (as in
+    :func:`~adabin_np.binarize.binarize_activations`). Returns an int. Weight ties are
+    counted by :func:`pack_weights` (``PackedWeights.ties``).
+    """
+    _, x3, alpha_c, beta_c, _ = _activations_3d(x, alpha, beta)
+    v = (x3 - beta_c[None, :, None]) / alpha_c[None, :, None]
+    return int(np.count_nonzero(v == 0.0))
+
+
+# ----------------------------------------------------------------------------------------------
+# linear
+# ----------------------------------------------------------------------------------------------
+
+
+def _linear_args(x, w):
+    x = _as_input_array(x, "x", 2)
+    if isinstance(w, PackedWeights):
+        if w.shape[2:] != (1, 1):
+            raise ValueError(f"w must be linear weights (O, I), got PackedWeights of shape "
+                             f"{w.shape}")
+        i_ = w.shape[1]
+    else:
+        w = as_float_array(w, "w", ndim=2)
+        if 0 in w.shape:
+            raise ValueError(f"w must be non-empty, got shape {w.shape}")
+        i_ = w.shape[1]
+    if x.shape[1] != i_:
+        raise ValueError(f"x has {x.shape[1]} features but w expects {i_} (shape (O, I))")
+    return x, w
+
+
+def packed_linear(x, w, alpha, beta, *, convention="paper", return_info=False):
+    r"""Bit-packed AdaBin linear layer: ``x`` ``(N, I)``, ``w`` ``(O, I)`` (or
+    :class:`PackedWeights` from ``pack_weights(w)``) -> float64 ``(N, O)``.
+
+    A 1x1 convolution on 1x1 spatial input, so the same formula with ``N = I`` for every
+    output: ``y = d_a d_w (I - 2 popc(a XOR w)) + d_a c_w (2 popc(a) - I) + c_a d_w sum(s_w)
+    + c_a c_w I``. ``alpha``/``beta`` scalars or ``(I,)``. Tie rule as in
+    :func:`packed_adabin_conv2d`.
+    """
+    x, w = _linear_args(x, w)
+    out = packed_adabin_conv2d(x[:, :, None, None], w if isinstance(w, PackedWeights)
+                               else w[:, :, None, None], alpha, beta, convention=convention,
+                               return_info=return_info)
+    if return_info:
+        return out[0][:, :, 0, 0], out[1]
+    return out[:, :, 0, 0]
+
+
+def adabin_linear(x, w, alpha, beta, *, convention="paper"):
+    r"""Float AdaBin linear layer: ``binarize_activations(x) @ binarize_weights(w).T``.
+
+    ``x`` ``(N, I)``, ``w`` ``(O, I)``, ``alpha``/``beta`` scalars or ``(I,)``; computed as
+    :func:`adabin_np.adabin_conv2d` on 1x1 spatial input (same conventions, float64).
+    """
+    x = as_float_array(x, "x", ndim=2)
+    w = as_float_array(w, "w", ndim=2)
+    if 0 in x.shape or 0 in w.shape:
+        raise ValueError(f"x and w must be non-empty, got shapes {x.shape} and {w.shape}")
+    if x.shape[1] != w.shape[1]:
+        raise ValueError(f"x has {x.shape[1]} features but w expects {w.shape[1]} "
+                         f"(shape (O, I))")
+    return adabin_conv2d(x[:, :, None, None], w[:, :, None, None], alpha, beta,
+                         convention=convention)[:, :, 0, 0]

@@ -1,0 +1,95 @@
+"""Benchmark the bit-packed CPU convolution and save the result as JSON and a bar chart.
+
+Runs :func:`adabin_np.bench.run` (ResNet-18 3x3 layers, batch 1 and 8, packed vs torch
+float32 vs the float64 path, popcount roofline; see that module for the definitions) and
+writes
+
+* ``analysis/out/bench_packed.json`` -- the full result dict;
+* ``analysis/out/bench_packed.png``  -- per batch size, milliseconds per call (log scale) of
+  each implementation per layer, with the speedup of the packed kernel over torch float32
+  written above its bar.
+
+Usage (all options of ``adabin-np bench`` are accepted)::
+
+    python analysis/bench_packed.py --threads 2 --batch 1 8
+    python analysis/bench_packed.py --float-repeats 0 --out-dir /tmp/bench
+
+Timings are wall-clock: run on a quiet machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from adabin_np import bench  # noqa: E402
+
+OUT = Path(__file__).resolve().parent / "out"
+
+SERIES = [("packed_s", "packed (1-bit, popcount)", "#1f77b4"),
+          ("torch_f32_s", "torch float32 conv2d", "#ff7f0e"),
+          ("float64_s", "adabin_conv2d (float64)", "#7f7f7f")]
+
+
+def plot(result, path):
+    """Bar chart of ``result`` (from :func:`adabin_np.bench.run`) into ``path`` (PNG)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    batches = sorted({r["batch"] for r in result["rows"]})
+    fig = Figure(figsize=(6.5 * len(batches), 5.0))
+    FigureCanvasAgg(fig)
+    for i, batch in enumerate(batches):
+        ax = fig.add_subplot(1, len(batches), i + 1)
+        rows = [r for r in result["rows"] if r["batch"] == batch]
+        series = [s for s in SERIES if any(s[0] in r for r in rows)]
+        width = 0.8 / len(series)
+        for k, (key, label, color) in enumerate(series):
+            xs = [j + (k - (len(series) - 1) / 2) * width for j in range(len(rows))]
+            ms = [1e3 * r[key] if key in r else float("nan") for r in rows]
+            ax.bar(xs, ms, width, label=label, color=color)
+            if key == "packed_s":
+                for x, m, r in zip(xs, ms, rows):
+                    if "speedup_vs_torch" in r:
+                        ax.annotate(f"{r['speedup_vs_torch']:.1f}x", (x, m), ha="center",
+                                    va="bottom", fontsize=8, xytext=(0, 2),
+                                    textcoords="offset points")
+        ax.set_xticks(range(len(rows)), [r["layer"] for r in rows])
+        ax.set_yscale("log")
+        ax.set_ylabel("ms per call (median)")
+        g = result["geomean_speedup_vs_torch"].get(str(batch))
+        title = f"batch {batch}"
+        if g is not None:
+            title += f"  (geo-mean {g:.1f}x over torch f32)"
+        ax.set_title(title)
+        ax.grid(axis="y", which="both", alpha=0.3)
+        ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.09), ncol=3,
+                  frameon=False)
+    m = result["machine"]
+    fig.suptitle(f"AdaBin 3x3 convs of ResNet-18, {m['threads']} thread(s), {m['cpu']}; "
+                 f"popcount roofline {result['roofline']['binary_ops_per_s'] / 1e9:.0f} Gop/s",
+                 fontsize=10)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    bench.add_arguments(parser)
+    parser.add_argument("--out-dir", type=Path, default=OUT,
+                        help=f"output folder (default: {OUT})")
+    args = parser.parse_args(argv)
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    result = bench.run(args)
+    (args.out_dir / "bench_packed.json").write_text(json.dumps(result, indent=2))
+    plot(result, args.out_dir / "bench_packed.png")
+    print(f"wrote {args.out_dir / 'bench_packed.json'} and {args.out_dir / 'bench_packed.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
