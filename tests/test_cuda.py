@@ -1,0 +1,527 @@
+"""CUDA target (:mod:`adabin_np.cuda`) against the CPU kernels and the naive reference.
+
+How the CUDA simulator is selected (read this before touching the module header)
+--------------------------------------------------------------------------------
+Numba picks the real CUDA target or its simulator once per process, when :mod:`numba.cuda` is
+first imported, from ``numba.core.config.ENABLE_CUDASIM``. That config value is read from
+``NUMBA_ENABLE_CUDASIM`` when *numba* (not numba.cuda) is imported -- which every other test
+module does through ``adabin_np`` -- and re-read by ``reload_config()`` whenever the
+environment's ``NUMBA_*`` variables change (Numba's compiler calls it before every compile).
+Hence, at collection time, this module:
+
+1. if :mod:`numba.cuda` has not been imported yet (the normal case: no other module of the
+   package or the test-suite imports it at import time), sets ``NUMBA_ENABLE_CUDASIM=1``,
+   calls ``numba.core.config.reload_config()`` and imports :mod:`numba.cuda` right away, so
+   the simulator is locked in for the rest of the session. The variable is deliberately left
+   set: un-setting it would make the next ``reload_config()`` flip ``ENABLE_CUDASIM`` back to 0
+   while :mod:`numba.cuda` is already the simulator, and later ``cuda.jit`` calls would then
+   mix the two targets. Other test modules are unaffected (nothing else uses numba.cuda;
+   ``device="cuda"`` calls elsewhere would simply run in the simulator too);
+2. if :mod:`numba.cuda` was already imported as the real target (some plugin or earlier module
+   imported it) and there is no GPU, the in-process tests are skipped and
+   :func:`test_simulator_suite_in_subprocess` re-runs this file in a fresh interpreter with
+   ``NUMBA_ENABLE_CUDASIM=1`` (so the file is robust in any full ``pytest`` run).
+
+Set ``ADABIN_CUDA_TESTS_ON_GPU=1`` to run the same tests on a real GPU instead (nothing is
+forced then). The simulator executes every CUDA thread as a Python thread, so shapes here are
+tiny and the launches few; the whole file runs in well under 90 s on 2 cores.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import zlib
+from pathlib import Path
+
+_ON_GPU = os.environ.get("ADABIN_CUDA_TESTS_ON_GPU") == "1"
+if not _ON_GPU and "numba.cuda" not in sys.modules:
+    os.environ["NUMBA_ENABLE_CUDASIM"] = "1"  # kept for the whole session (see docstring)
+    import numba.core.config
+
+    numba.core.config.reload_config()
+    import numba.cuda  # noqa: F401  -- locks in the simulator now, at collection time
+
+import numpy as np  # noqa: E402
+import pytest  # noqa: E402
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+import adabin_np as ab  # noqa: E402
+from adabin_np import cuda as C  # noqa: E402
+from adabin_np.validation import activation_params, conv_params  # noqa: E402
+from reference import spec  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+IN_PROCESS = C.is_available() and (C.is_simulator() or _ON_GPU)
+needs_cuda = pytest.mark.skipif(not IN_PROCESS, reason="numba.cuda was imported before this "
+                                "module without a GPU; see test_simulator_suite_in_subprocess")
+
+try:  # CPU bit-packed path (adabin_np/packed.py); compared against when present
+    from adabin_np import packed as cpu_packed
+except ImportError:  # pragma: no cover - depends on the state of the package
+    cpu_packed = None
+
+CONVENTIONS = ("paper", "official")
+RTOL = 1e-12
+
+
+def _env_without_sim():
+    env = dict(os.environ)
+    env.pop("NUMBA_ENABLE_CUDASIM", None)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    return env
+
+
+# ----------------------------------------------------------------------------------------------
+# availability
+# ----------------------------------------------------------------------------------------------
+
+
+def test_simulator_suite_in_subprocess():
+    """Fallback: when this process cannot use the simulator, run the file in a fresh one."""
+    if IN_PROCESS:
+        pytest.skip("the CUDA tests run in this process")
+    env = _env_without_sim()
+    env["NUMBA_ENABLE_CUDASIM"] = "1"
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           str(Path(__file__).resolve())], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+
+
+_UNAVAILABLE_SCRIPT = textwrap.dedent("""
+    import json, sys, time
+    import numpy as np
+    import adabin_np
+    from adabin_np.validation import activation_params, conv_params
+    t0 = time.perf_counter()
+    import adabin_np.cuda as C
+    import_s = time.perf_counter() - t0
+    imported_numba_cuda = "numba.cuda" in sys.modules
+    out = {"import_s": import_s, "imported_numba_cuda": imported_numba_cuda,
+           "available": C.is_available(), "errors": {}}
+    if not out["available"]:
+        x = np.ones((1, 2, 3, 3)); w = np.ones((2, 2, 1, 1))
+        a, b, _ = activation_params(1.0, 0.0, 2)
+        calls = {
+            "binarize_activations_cuda": lambda: C.binarize_activations_cuda(x, 1.0, 0.0),
+            "binarize_activations_grad_cuda":
+                lambda: C.binarize_activations_grad_cuda(x, 1.0, 0.0, x),
+            "weight_binary_set_cuda": lambda: C.weight_binary_set_cuda(w),
+            "binarize_weights_cuda": lambda: C.binarize_weights_cuda(w),
+            "binarize_weights_grad_cuda": lambda: C.binarize_weights_grad_cuda(w, w),
+            "pack_bits_cuda": lambda: C.pack_bits_cuda(x),
+            "pack_weight_bits_cuda": lambda: C.pack_weight_bits_cuda(w),
+            "packed_adabin_conv2d_cuda": lambda: C.packed_adabin_conv2d_cuda(
+                x, w, a, b, conv_params(x.shape, w.shape, 1, 0, 1, 1), False),
+        }
+        for name, call in calls.items():
+            try:
+                call()
+                out["errors"][name] = None
+            except Exception as exc:
+                out["errors"][name] = [type(exc).__name__, str(exc)]
+    print(json.dumps(out))
+""")
+
+
+def test_unavailable_raises_cleanly():
+    """Without a GPU and without NUMBA_ENABLE_CUDASIM: cheap import, False, RuntimeError."""
+    proc = subprocess.run([sys.executable, "-c", _UNAVAILABLE_SCRIPT], cwd=ROOT,
+                          env=_env_without_sim(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert not out["imported_numba_cuda"], "importing adabin_np.cuda must not import numba.cuda"
+    assert out["import_s"] < 0.5
+    if out["available"]:
+        pytest.skip("a real CUDA GPU is present: nothing to refuse")
+    assert len(out["errors"]) == 8
+    for name, err in out["errors"].items():
+        assert err is not None, f"{name} did not raise"
+        kind, msg = err
+        assert kind == "RuntimeError", (name, err)
+        assert "no CUDA GPU and NUMBA_ENABLE_CUDASIM is not set" in msg, (name, msg)
+
+
+_LOWERING_SCRIPT = textwrap.dedent("""
+    # Type-infer and lower every kernel for the *real* CUDA target (LLVM IR, no GPU, no NVVM):
+    # catches nopython typing errors the simulator (plain Python) cannot see.
+    import json, types as pytypes
+    try:
+        import numba.cuda.dispatcher as D
+        from numba.cuda.compiler import compile_cuda
+        from numba.cuda import types as t
+    except Exception as exc:
+        print(json.dumps({"skip": f"numba-cuda internals moved: {exc}"})); raise SystemExit
+    if not hasattr(D, "get_current_device"):
+        print(json.dumps({"skip": "numba-cuda internals moved"})); raise SystemExit
+    # device functions ask the current device for its compute capability: pretend sm_80
+    D.get_current_device = lambda: pytypes.SimpleNamespace(compute_capability=(8, 0))
+    import adabin_np.kernels_cuda as K
+    a = lambda dt, nd: t.Array(dt, nd, "C")
+    f8, i8, b1, u8 = t.float64, t.int64, t.boolean, t.uint64
+    ints = (i8,) * 9   # cg, kh, kw, sh, sw, ph, pw, dh, dw as passed by adabin_np.cuda
+    sigs = {
+        "act_forward": (a(f8, 1), a(f8, 1), a(f8, 1), b1, i8, a(f8, 1)),
+        "act_backward": (a(f8, 3), a(f8, 3), a(f8, 1), a(f8, 1), b1, a(f8, 3), a(f8, 3)),
+        "weight_stats": (a(f8, 2), a(f8, 1), a(f8, 1)),
+        "weight_forward": (a(f8, 1), a(f8, 1), a(f8, 1), b1, a(f8, 1)),
+        "weight_backward": (a(f8, 2), a(f8, 2), a(f8, 1), a(f8, 1), f8, f8, b1, a(f8, 2)),
+        "pack_activations": (a(f8, 4), a(f8, 1), a(f8, 1), i8, a(u8, 4)),
+        "pack_weights": (a(f8, 4), a(f8, 1), a(f8, 1), a(u8, 2)),
+        "packed_conv_scalar": (a(u8, 4), a(u8, 2)) + (a(f8, 1),) * 4 + ints + (u8, i8, a(f8, 4)),
+        "packed_conv_perchannel": (a(u8, 4), a(u8, 2)) + (a(f8, 1),) * 4 + ints + (a(f8, 4),),
+    }
+    out = {}
+    for name, sig in sigs.items():
+        try:
+            cres = compile_cuda(getattr(K, name).py_func, t.void, sig, cc=(8, 0))
+            out[name] = {"ok": True, "ctpop64": "llvm.ctpop.i64" in cres.library.get_llvm_str()}
+        except Exception as exc:
+            out[name] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"[:2000]}
+    print(json.dumps(out))
+""")
+
+
+def test_kernels_type_and_lower_for_real_cuda_target():
+    """Every kernel passes Numba's CUDA type inference and lowering (not just the simulator)."""
+    proc = subprocess.run([sys.executable, "-c", _LOWERING_SCRIPT], cwd=ROOT,
+                          env=_env_without_sim(), capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    out = json.loads(proc.stdout.strip().splitlines()[-1])
+    if "skip" in out:
+        pytest.skip(out["skip"])
+    failed = {k: v["error"] for k, v in out.items() if not v["ok"]}
+    assert not failed, failed
+    assert out["packed_conv_scalar"]["ctpop64"], "popcount is not a 64-bit ctpop"
+
+
+def test_numba_cuda_missing_raises(monkeypatch):
+    monkeypatch.setattr(C, "_import_cuda", lambda: (None, ImportError("simulated: no numba-cuda")))
+    assert C.is_available() is False
+    assert C.is_simulator() is False
+    with pytest.raises(RuntimeError, match="numba.cuda could not be imported"):
+        C.binarize_weights_cuda(np.ones((2, 3)))
+
+
+@needs_cuda
+def test_is_available():
+    assert C.is_available() is True
+    assert C.is_simulator() is (not _ON_GPU)
+
+
+# ----------------------------------------------------------------------------------------------
+# validation: same errors as the CPU functions, raised before any kernel work
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("call, exc, match", [
+    (lambda: C.binarize_activations_cuda(np.ones((1, 2, 2)), 0.0, 0.0), ValueError, "alpha"),
+    (lambda: C.binarize_activations_cuda(np.ones((1, 2, 2)), 1.0, [0.0] * 3), ValueError, "beta"),
+    (lambda: C.binarize_activations_cuda(np.ones(2) + 1j, 1.0, 0.0), TypeError, "x"),
+    (lambda: C.binarize_activations_cuda([np.nan], 1.0, 0.0), ValueError, "x"),
+    (lambda: C.binarize_activations_cuda(np.ones(2), 1.0, 0.0, convention="torch"),
+     ValueError, "convention"),
+    (lambda: C.binarize_activations_grad_cuda(np.ones((1, 2)), 1.0, 0.0, np.ones(3)),
+     ValueError, "grad"),
+    (lambda: C.binarize_weights_cuda(np.ones(3)), ValueError, "w"),
+    (lambda: C.binarize_weights_grad_cuda(np.ones((2, 2)), np.ones((2, 3))), ValueError, "grad"),
+    (lambda: C.binarize_weights_grad_cuda(np.ones((2, 2)), np.ones((2, 2)), k=np.inf),
+     ValueError, "k"),
+    (lambda: C.pack_bits_cuda(np.ones((1, 3, 2, 2)), groups=2), ValueError, "groups"),
+    (lambda: C.pack_bits_cuda(np.ones((3, 2, 2))), ValueError, "x"),
+])
+def test_validation_errors(call, exc, match):
+    with pytest.raises(exc, match=match):
+        call()
+
+
+# ----------------------------------------------------------------------------------------------
+# activations
+# ----------------------------------------------------------------------------------------------
+
+
+def _act_params(kind, c, rng):
+    alpha = rng.uniform(0.4, 1.3, c) * np.where(np.arange(c) % 3 == 1, -1.0, 1.0)
+    beta = rng.uniform(-0.5, 0.5, c)
+    if kind == "scalar":
+        return -0.75, 0.25
+    if kind == "per_channel":
+        return alpha, beta
+    return 0.75, beta  # mixed: scalar alpha, per-channel beta
+
+
+def _with_ties(x, beta):
+    """Put some elements exactly on the threshold (v == 0)."""
+    b = np.broadcast_to(np.asarray(beta, dtype=np.float64), (x.shape[1],))
+    x = x.copy()
+    for c in range(x.shape[1]):
+        x[0, c].flat[c % x[0, c].size] = b[c]
+    return x
+
+
+@needs_cuda
+@pytest.mark.parametrize("convention", CONVENTIONS)
+@pytest.mark.parametrize("kind", ["scalar", "per_channel", "mixed"])
+def test_activations_forward_backward(convention, kind):
+    rng = np.random.default_rng(10 + len(kind) + (convention == "official"))
+    alpha, beta = _act_params(kind, 3, rng)
+    x = _with_ties(rng.standard_normal((2, 3, 3, 2)), beta)
+    g = rng.standard_normal(x.shape)
+
+    y = C.binarize_activations_cuda(x, alpha, beta, convention=convention)
+    np.testing.assert_array_equal(y, ab.binarize_activations(x, alpha, beta,
+                                                             convention=convention))
+    np.testing.assert_allclose(y, spec.binarize_activations(x, alpha, beta,
+                                                            convention=convention), rtol=RTOL)
+
+    got = C.binarize_activations_grad_cuda(x, alpha, beta, g, convention=convention)
+    cpu = ab.binarize_activations_grad(x, alpha, beta, g, convention=convention)
+    ref = spec.binarize_activations_grad(x, alpha, beta, g, convention=convention)
+    np.testing.assert_array_equal(got.dx, cpu.dx)
+    for name in ("dalpha", "dbeta"):
+        a, c_, r = getattr(got, name), getattr(cpu, name), getattr(ref, name)
+        assert np.shape(a) == np.shape(c_)
+        assert isinstance(a, float) == isinstance(c_, float)
+        np.testing.assert_allclose(a, c_, rtol=RTOL, atol=1e-13)
+        np.testing.assert_allclose(a, r, rtol=RTOL, atol=1e-13)
+
+
+@needs_cuda
+def test_activation_grad_deterministic_and_multiblock():
+    """N*S larger than 4*REDUCE_TPB on one channel -> several blocks; bitwise repeatable."""
+    from adabin_np import kernels_cuda as K
+
+    rng = np.random.default_rng(3)
+    x = rng.standard_normal((1, 1, 4 * K.REDUCE_TPB + 5)) * 0.6
+    g = rng.standard_normal(x.shape)
+    first = C.binarize_activations_grad_cuda(x, 0.9, 0.1, g)
+    second = C.binarize_activations_grad_cuda(x, 0.9, 0.1, g)
+    assert first.dalpha == second.dalpha and first.dbeta == second.dbeta
+    cpu = ab.binarize_activations_grad(x, 0.9, 0.1, g)
+    np.testing.assert_allclose([first.dalpha, first.dbeta], [cpu.dalpha, cpu.dbeta], rtol=RTOL)
+
+
+# ----------------------------------------------------------------------------------------------
+# weights
+# ----------------------------------------------------------------------------------------------
+
+
+def _tie_filter(rng, n):
+    """Integers whose mean is exactly their first element (u == 0 there: a sign tie)."""
+    z = rng.integers(-3, 4, n).astype(np.float64)
+    z[-1] = n * z[0] - z[:-1].sum()
+    return z
+
+
+def _weights(rng, shape):
+    w = rng.standard_normal(shape)
+    w[1] = 0.1                               # constant filter: beta = 0.1 exactly, alpha = 0
+    w[2] = _tie_filter(rng, w[2].size).reshape(w[2].shape)
+    return w
+
+
+@needs_cuda
+@pytest.mark.parametrize("convention", CONVENTIONS)
+@pytest.mark.parametrize("shape", [(4, 3, 3, 3), (3, 7)])
+def test_weights_forward_backward(convention, shape):
+    rng = np.random.default_rng(len(shape) + (convention == "official"))
+    w = _weights(rng, shape)
+    g = rng.standard_normal(shape)
+
+    alpha, beta = C.weight_binary_set_cuda(w)
+    ca, cb = ab.weight_binary_set(w)
+    assert alpha[1] == 0.0 and beta[1] == 0.1          # the constant-filter rule, exactly
+    np.testing.assert_allclose(alpha, ca, rtol=1e-14)
+    np.testing.assert_allclose(beta, cb, rtol=1e-14, atol=1e-16)
+
+    wb = C.binarize_weights_cuda(w, convention=convention)
+    np.testing.assert_allclose(wb, ab.binarize_weights(w, convention=convention), rtol=1e-14,
+                               atol=1e-16)
+    np.testing.assert_allclose(wb, spec.binarize_weights(w, convention=convention),
+                               rtol=1e-14, atol=1e-16)
+    assert np.all(wb[1] == 0.1)
+
+    k, t = 3.0, 0.4
+    dw = C.binarize_weights_grad_cuda(w, g, k=k, t=t, convention=convention)
+    np.testing.assert_allclose(dw, ab.binarize_weights_grad(w, g, k=k, t=t,
+                                                            convention=convention),
+                               rtol=1e-11, atol=1e-13)
+    np.testing.assert_allclose(dw, spec.binarize_weights_grad(w, g, k=k, t=t,
+                                                              convention=convention),
+                               rtol=1e-11, atol=1e-13)
+    assert np.all(np.isfinite(dw))
+    np.testing.assert_allclose(dw[1], g[1].sum() / g[1].size, rtol=1e-14)
+
+
+# ----------------------------------------------------------------------------------------------
+# bit packing
+# ----------------------------------------------------------------------------------------------
+
+
+def _np_pack(bits):
+    """Pack the last axis of a boolean array LSB-first into uint64 words (tail bits 0)."""
+    n = bits.shape[-1]
+    nw = (n + 63) // 64
+    padded = np.zeros(bits.shape[:-1] + (nw * 64,), dtype=np.uint64)
+    padded[..., :n] = bits
+    shifts = np.arange(64, dtype=np.uint64)
+    return np.bitwise_or.reduce(padded.reshape(bits.shape[:-1] + (nw, 64)) << shifts, axis=-1)
+
+
+@needs_cuda
+@pytest.mark.parametrize("groups", [1, 2])
+def test_pack_bits(groups):
+    rng = np.random.default_rng(groups)
+    c = 70 * groups                                       # Cg = 70: crosses a word boundary
+    x = rng.standard_normal((1, c, 2, 3))
+    alpha = rng.uniform(0.5, 1.0, c) * np.where(np.arange(c) % 2, -1.0, 1.0)
+    beta = rng.uniform(-0.3, 0.3, c)
+    x = _with_ties(x, beta)                               # v == 0 -> bit 1 in both conventions
+    got = C.pack_bits_cuda(x, alpha, beta, groups=groups)
+    v = (x - beta[:, None, None]) / alpha[:, None, None]
+    bits = np.moveaxis(v >= 0, 1, -1).reshape(1, 2, 3, groups, c // groups)
+    expected = _np_pack(bits).reshape(1, 2, 3, -1)
+    assert got.dtype == np.uint64 and got.shape == (1, 2, 3, groups * 2)
+    np.testing.assert_array_equal(got, expected)
+    assert np.all(got[..., 1::2] >> np.uint64(6) == 0)   # tail bits (70 - 64 = 6 used) are 0
+    if cpu_packed is not None and groups == 1:
+        np.testing.assert_array_equal(np.moveaxis(cpu_packed.pack_bits(v, axis=1), 1, -1), got)
+
+
+@needs_cuda
+def test_pack_bits_signed_zero_and_weights():
+    x = np.array([0.0, -0.0, -1e-300, 1e-300, -2.0]).reshape(1, 5, 1, 1)
+    got = C.pack_bits_cuda(x)
+    assert got.shape == (1, 1, 1, 1) and int(got[0, 0, 0, 0]) == 0b01011
+
+    rng = np.random.default_rng(7)
+    w = _weights(rng, (3, 66, 1, 2))
+    bits = C.pack_weight_bits_cuda(w)
+    u = spec.weight_u(w)
+    expected = _np_pack(np.moveaxis(u >= 0, 1, -1))
+    assert bits.shape == (3, 1, 2, 2)
+    np.testing.assert_array_equal(bits, expected)
+    if cpu_packed is not None:  # same layouts as the CPU packed path
+        np.testing.assert_array_equal(np.moveaxis(cpu_packed.pack_bits(x, axis=1), 1, -1), got)
+        np.testing.assert_array_equal(cpu_packed.pack_weights(w).words, bits)
+
+
+# ----------------------------------------------------------------------------------------------
+# packed convolution
+# ----------------------------------------------------------------------------------------------
+
+#: (N, C, H, W, O, k, stride, padding, dilation, groups, convention, params, ties)
+CONV_CASES = [
+    (1, 70, 4, 4, 2, 3, 1, 1, 1, 1, "paper", "scalar", True),
+    (1, 70, 4, 4, 2, 3, 1, 1, 1, 1, "official", "per_channel", False),
+    (2, 6, 5, 5, 4, 3, 2, 2, 2, 2, "paper", "per_channel", True),
+    (2, 6, 5, 6, 4, 1, 1, 0, 1, 2, "official", "scalar", False),
+    (1, 4, 6, 6, 2, 3, (2, 1), (0, 2), (1, 2), 1, "official", "scalar", True),
+    (1, 128, 3, 3, 2, 1, 1, 0, 1, 2, "paper", "per_group", False),    # Cg = 64: no tail bits
+    (1, 3, 4, 3, 5, 3, 1, 1, 1, 1, "paper", "uniform", False),        # partial filter tile
+    (1, 4, 4, 4, 2, 3, 2, 1, 2, 2, "official", "mixed", True),
+]
+
+
+def _conv_inputs(case, rng):
+    n, c, h, wd, o, k, stride, pad, dil, groups, convention, kind, ties = case
+    x = rng.standard_normal((n, c, h, wd))
+    w = rng.standard_normal((o, c // groups, k, k))
+    if kind == "uniform":      # per-channel arrays, all equal: the popcount kernel
+        alpha, beta = np.full(c, -0.6), np.full(c, 0.3)
+    elif kind == "per_group":  # constant within each group: the popcount kernel too
+        alpha, beta = np.repeat([0.7, -0.9], c // 2), np.repeat([0.1, -0.2], c // 2)
+    else:
+        alpha, beta = _act_params(kind, c, rng)
+    if ties:
+        x = _with_ties(x, beta)
+        if w[0].size > 1:
+            w[0] = _tie_filter(rng, w[0].size).reshape(w[0].shape)
+    return x, w, alpha, beta
+
+
+def _conv_scale(x, w, alpha, beta, convention):
+    a = np.abs(np.asarray(alpha, dtype=np.float64))
+    b = np.asarray(beta, dtype=np.float64)
+    c_a = np.abs(b) if convention == "paper" else a * np.abs(b)
+    wa, wbeta = ab.weight_binary_set(w)
+    return w[0].size * np.max(a + c_a) * np.max(wa + np.abs(wbeta))
+
+
+@needs_cuda
+@pytest.mark.parametrize("case", CONV_CASES, ids=lambda c: "-".join(map(str, c)))
+def test_packed_conv(case):
+    rng = np.random.default_rng(zlib.crc32(repr(case).encode()))
+    _, c, _, _, _, _, stride, pad, dil, groups, convention, kind, ties = case
+    x, w, alpha, beta = _conv_inputs(case, rng)
+    opts = dict(stride=stride, padding=pad, dilation=dil, groups=groups)
+    p = conv_params(x.shape, w.shape, stride, pad, dil, groups)
+    a_c, b_c, _ = activation_params(alpha, beta, c)
+
+    y = C.packed_adabin_conv2d_cuda(x, w, a_c, b_c, p, convention == "official")
+    ref = spec.packed_conv_formula(x, w, alpha, beta, convention=convention, **opts)
+    atol = RTOL * _conv_scale(x, w, alpha, beta, convention)
+    assert y.shape == ref.shape and y.dtype == np.float64
+    np.testing.assert_allclose(y, ref, rtol=RTOL, atol=atol)
+    if convention == "paper" or not ties:
+        # no zero level involved: the float path is the same function
+        flt = ab.adabin_conv2d(x, w, alpha, beta, convention=convention, **opts)
+        np.testing.assert_allclose(y, flt, rtol=RTOL, atol=atol)
+    if cpu_packed is not None and hasattr(cpu_packed, "packed_adabin_conv2d"):
+        cpu = cpu_packed.packed_adabin_conv2d(x, w, alpha, beta, convention=convention, **opts)
+        np.testing.assert_allclose(y, cpu, rtol=RTOL, atol=atol)
+        via_api = cpu_packed.packed_adabin_conv2d(x, w, alpha, beta, convention=convention,
+                                                  device="cuda", **opts)
+        np.testing.assert_allclose(via_api, y, rtol=RTOL, atol=atol)
+
+
+@needs_cuda
+def test_packed_conv_integer_exact():
+    """Levels +-1 for activations and weights: y is an integer count, bit-exact everywhere."""
+    rng = np.random.default_rng(5)
+    x = rng.standard_normal((1, 70, 4, 3))
+    w = np.where(rng.permuted(np.arange(2 * 630).reshape(2, 630) % 2, axis=1) == 1, 1.0, -1.0)
+    w = w.reshape(2, 70, 3, 3)                          # mean 0, std 1 exactly per filter
+    p = conv_params(x.shape, w.shape, 2, 2, 1, 1)
+    a_c, b_c, _ = activation_params(1.0, 0.0, 70)
+    y = C.packed_adabin_conv2d_cuda(x, w, a_c, b_c, p, False)
+    flt = ab.adabin_conv2d(x, w, 1.0, 0.0, stride=2, padding=2)
+    np.testing.assert_array_equal(y, flt)
+    np.testing.assert_array_equal(y, np.round(y))
+    assert y.min() < 0 < y.max()
+
+
+@needs_cuda
+@settings(max_examples=6, deadline=None, derandomize=True)
+@given(st.data())
+def test_packed_conv_random_geometry(data):
+    groups = data.draw(st.sampled_from([1, 2]))
+    cg = data.draw(st.integers(1, 4))
+    og = data.draw(st.integers(1, 2))
+    k = data.draw(st.sampled_from([1, 2, 3]))
+    dil = data.draw(st.integers(1, 2))
+    pad = data.draw(st.integers(0, 2))
+    stride = data.draw(st.integers(1, 2))
+    eff = dil * (k - 1) + 1
+    h = data.draw(st.integers(max(1, eff - 2 * pad), 5))
+    wd = data.draw(st.integers(max(1, eff - 2 * pad), 5))
+    convention = data.draw(st.sampled_from(CONVENTIONS))
+    kind = data.draw(st.sampled_from(["scalar", "per_channel"]))
+    rng = np.random.default_rng(data.draw(st.integers(0, 2**16)))
+    c = cg * groups
+    x = rng.standard_normal((1, c, h, wd))
+    w = rng.standard_normal((og * groups, cg, k, k))
+    alpha, beta = _act_params(kind, c, rng)
+    opts = dict(stride=stride, padding=pad, dilation=dil, groups=groups)
+    a_c, b_c, _ = activation_params(alpha, beta, c)
+    y = C.packed_adabin_conv2d_cuda(x, w, a_c, b_c, conv_params(x.shape, w.shape, **opts),
+                                    convention == "official")
+    ref = spec.packed_conv_formula(x, w, alpha, beta, convention=convention, **opts)
+    np.testing.assert_allclose(y, ref, rtol=RTOL,
+                               atol=RTOL * _conv_scale(x, w, alpha, beta, convention))
+
