@@ -26,10 +26,39 @@ from .equalization import (
     kl_gaussian,
 )
 
+from .packed import (
+    PackedCounts,
+    PackedInfo,
+    PackedWeights,
+    adabin_linear,
+    pack_bits,
+    pack_weights,
+    packed_adabin_conv2d,
+    packed_adabin_conv2d_prepacked,
+    packed_conv_counts,
+    packed_linear,
+    threshold_ties,
+    unpack_bits,
+)
+from . import data, layers, models, train
+from .models import digits_cnn, load_digits_model, resnet18_1w1a, resnet20_1w1a
+
 __version__ = "0.1.0"
 
 __all__ = [
     "ActivationGrad",
+    "PackedCounts",
+    "PackedInfo",
+    "PackedWeights",
+    "adabin_linear",
+    "pack_bits",
+    "pack_weights",
+    "packed_adabin_conv2d",
+    "packed_adabin_conv2d_prepacked",
+    "packed_conv_counts",
+    "packed_linear",
+    "threshold_ties",
+    "unpack_bits",
     "CheckpointError",
     "load_checkpoint",
     "save_npz",
@@ -42,6 +71,14 @@ __all__ = [
     "binarize_weights_grad",
     "bireal_grad",
     "conv2d",
+    "data",
+    "digits_cnn",
+    "layers",
+    "load_digits_model",
+    "models",
+    "resnet18_1w1a",
+    "resnet20_1w1a",
+    "train",
     "ede",
     "ede_schedule",
     "EqualizationLandscape",
