@@ -120,14 +120,6 @@ def _cmd_train(args):
 # ----------------------------------------------------------------------------------------------
 
 
-def _packed_available():
-    try:
-        from . import packed  # noqa: F401
-    except ImportError:
-        return False
-    return True
-
-
 def layer_report(model, x, *, batch_size=64, packed=True, device="cpu", tol=None,
                  progress=False):
     """Per-binary-layer statistics of ``model`` on ``x`` (eval mode), float vs packed.
@@ -274,7 +266,7 @@ def _cmd_analyze(args):
     tol = DEFAULT_TOL if args.flip_tol is None else args.flip_tol
     model, arch, model_desc = _analysis_model(args)
     x, y, data_desc = _analysis_inputs(args, arch)
-    packed = not args.no_packed and _packed_available()
+    packed = not args.no_packed
     print(f"model: {model_desc}")
     print(f"inputs: {data_desc}")
     t0 = time.perf_counter()

@@ -43,6 +43,16 @@ def _conv(xb, wb, p):
                            p.dilation[0], p.dilation[1], p.groups, p.out_h, p.out_w)
 
 
+def _conv_backward(x, w, gy, p):
+    """dx, dw of the plain cross-correlation y = conv2d(x, w) (padded taps dropped)."""
+    sh, sw = p.stride
+    ph, pw = p.padding
+    dh, dw = p.dilation
+    dx = _k.conv_backward_input(gy, w, x.shape[2], x.shape[3], sh, sw, ph, pw, dh, dw, p.groups)
+    dwt = _k.conv_backward_weight(x, gy, w.shape[2], w.shape[3], sh, sw, ph, pw, dh, dw, p.groups)
+    return dx, dwt
+
+
 def conv2d(x, w, *, stride=1, padding=0, dilation=1, groups=1):
     """Plain real-valued float64 cross-correlation (``torch.nn.functional.conv2d`` without bias).
 
@@ -104,11 +114,7 @@ def adabin_conv2d_grad(x, w, alpha, beta, grad_y, *, stride=1, padding=0, dilati
     _, w2 = _weights_2d(w)
     wa, wbeta = _k.weight_stats(w2)
     wb = _k.weight_forward(w2, wa, wbeta, official).reshape(w.shape)
-    sh, sw = p.stride
-    ph, pw = p.padding
-    dh, dw_ = p.dilation
-    dxb = _k.conv_backward_input(gy, wb, x.shape[2], x.shape[3], sh, sw, ph, pw, dh, dw_, p.groups)
-    dwb = _k.conv_backward_weight(xb, gy, w.shape[2], w.shape[3], sh, sw, ph, pw, dh, dw_, p.groups)
+    dxb, dwb = _conv_backward(xb, wb, gy, p)
     dx, s_gs, s_gv, s_g, s_gg = _k.act_backward(x3, alpha_c, beta_c, dxb.reshape(x3.shape),
                                                 official)
     act = _combine_activation_grads(dx.reshape(x.shape), alpha_c, s_gs, s_gv, s_g, s_gg,

@@ -27,9 +27,8 @@ from collections.abc import Iterator, Mapping
 
 import numpy as np
 
-from . import kernels_cpu as _k
 from .binarize import binarize_activations, binarize_activations_grad
-from .conv import _geometry, adabin_conv2d, adabin_conv2d_grad
+from .conv import _conv, _conv_backward, _geometry, adabin_conv2d, adabin_conv2d_grad
 from .validation import as_float_array, check_convention, check_finite_scalar
 
 __all__ = [
@@ -289,21 +288,23 @@ def _rng(rng):
 # ----------------------------------------------------------------------------------------------
 
 
-def _conv_backward(x, w, gy, p):
-    """dx, dw of the plain cross-correlation y = conv2d(x, w) (padded taps dropped)."""
-    sh, sw = p.stride
-    ph, pw = p.padding
-    dh, dw = p.dilation
-    dx = _k.conv_backward_input(gy, w, x.shape[2], x.shape[3], sh, sw, ph, pw, dh, dw, p.groups)
-    dwt = _k.conv_backward_weight(x, gy, w.shape[2], w.shape[3], sh, sw, ph, pw, dh, dw, p.groups)
-    return dx, dwt
-
-
-def _conv_hparams(kernel_size, stride, padding, dilation):
+def _init_conv(layer, in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
+               rng):
+    """Shared constructor part of Conv2d and AdaBinConv2d: geometry + Kaiming-normal weight."""
     ks = (kernel_size, kernel_size) if np.isscalar(kernel_size) else tuple(kernel_size)
     if len(ks) != 2 or min(ks) < 1:
         raise ValueError(f"kernel_size must be a positive int or pair, got {kernel_size!r}")
-    return tuple(int(k) for k in ks), stride, padding, dilation
+    ks = tuple(int(k) for k in ks)
+    if in_channels % groups or out_channels % groups:
+        raise ValueError(f"in_channels={in_channels} and out_channels={out_channels} must "
+                         f"be divisible by groups={groups}")
+    layer.stride, layer.padding, layer.dilation = stride, padding, dilation
+    layer.in_channels, layer.out_channels, layer.kernel_size = in_channels, out_channels, ks
+    layer.groups = groups
+    fan_in = in_channels // groups * ks[0] * ks[1]
+    layer.params["weight"] = _kaiming_normal(_rng(rng), (out_channels, in_channels // groups,
+                                                         *ks), fan_in)
+    return fan_in
 
 
 class Conv2d(Module):
@@ -316,16 +317,8 @@ class Conv2d(Module):
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
                  groups=1, bias=False, *, rng=None):
         super().__init__()
-        ks, self.stride, self.padding, self.dilation = _conv_hparams(kernel_size, stride, padding,
-                                                                     dilation)
-        if in_channels % groups or out_channels % groups:
-            raise ValueError(f"in_channels={in_channels} and out_channels={out_channels} must "
-                             f"be divisible by groups={groups}")
-        self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, ks
-        self.groups = groups
-        fan_in = in_channels // groups * ks[0] * ks[1]
-        self.params["weight"] = _kaiming_normal(_rng(rng), (out_channels, in_channels // groups,
-                                                            *ks), fan_in)
+        fan_in = _init_conv(self, in_channels, out_channels, kernel_size, stride, padding,
+                            dilation, groups, rng)
         if bias:
             bound = 1.0 / math.sqrt(fan_in)
             self.params["bias"] = _rng(rng).uniform(-bound, bound, out_channels)
@@ -339,8 +332,7 @@ class Conv2d(Module):
         x = _input(x, name, ndim=4, channels=self.in_channels)
         x, w, p = _geometry(x, self.params["weight"], self.stride, self.padding, self.dilation,
                             self.groups)
-        y = _k.conv_forward(x, w, p.stride[0], p.stride[1], p.padding[0], p.padding[1],
-                            p.dilation[0], p.dilation[1], p.groups, p.out_h, p.out_w)
+        y = _conv(x, w, p)
         if "bias" in self.params:
             y += self.params["bias"][None, :, None, None]
         self._cache = (x, p)
@@ -416,16 +408,8 @@ class AdaBinConv2d(Module):
     def __init__(self, in_channels, out_channels, kernel_size, stride=1, padding=0, dilation=1,
                  groups=1, *, convention="paper", rng=None):
         super().__init__()
-        ks, self.stride, self.padding, self.dilation = _conv_hparams(kernel_size, stride, padding,
-                                                                     dilation)
-        if in_channels % groups or out_channels % groups:
-            raise ValueError(f"in_channels={in_channels} and out_channels={out_channels} must "
-                             f"be divisible by groups={groups}")
-        self.in_channels, self.out_channels, self.kernel_size = in_channels, out_channels, ks
-        self.groups = groups
-        fan_in = in_channels // groups * ks[0] * ks[1]
-        self.params["weight"] = _kaiming_normal(_rng(rng), (out_channels, in_channels // groups,
-                                                            *ks), fan_in)
+        _init_conv(self, in_channels, out_channels, kernel_size, stride, padding, dilation, groups,
+                   rng)
         self.binary_a = BinaryActivation(convention=convention)
         self.k = 10.0
         self.t = 0.1

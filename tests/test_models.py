@@ -436,8 +436,4 @@ def test_embedded_digits_model():
     # the stored accuracy is reproduced (one prediction of slack for another machine's
     # rounding in NumPy's reductions / BLAS; on the training machine it is exact)
     assert abs(acc - m.meta["accuracy"]) <= 1 / len(split.y_test) + 1e-12
-    try:
-        import adabin_np.packed  # noqa: F401
-    except ImportError:
-        return
     assert evaluate(m, split.x_test, split.y_test, packed=True) >= 0.95

@@ -138,14 +138,13 @@ def test_cli_train_then_analyze(tmp_path, small_split, capsys):
     for name, _ in m.binary_layers():
         assert name in text
     assert "accuracy (float path)" in text and "flip risk" in text
-    if cli._packed_available():
-        assert "accuracy (packed path)" in text and "predictions agree" in text
+    assert "accuracy (packed path)" in text and "predictions agree" in text
 
 
 def test_layer_report_fields(small_split):
     m = models.digits_cnn().eval()
     rows, lf, lp = cli.layer_report(m, small_split.x_test, batch_size=16,
-                                    packed=cli._packed_available())
+                                    packed=True)
     assert [r["name"] for r in rows] == [n for n, _ in m.binary_layers()]
     assert lf.shape == (40, 10)
     for r in rows:
