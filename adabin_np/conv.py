@@ -54,9 +54,14 @@ def _conv_backward(x, w, gy, p):
 
 
 def conv2d(x, w, *, stride=1, padding=0, dilation=1, groups=1):
-    """Plain real-valued float64 cross-correlation (``torch.nn.functional.conv2d`` without bias).
+    r"""Plain real-valued float64 cross-correlation (``torch.nn.functional.conv2d`` without bias).
 
-    Used for the real-valued stem of the models and as the building block of the AdaBin conv.
+    .. math:: y[n,o,i,j] = \sum_{c \in g(o)} \sum_{k_h,k_w} W[o,c,k_h,k_w]\;
+              x^{pad}[n,c,\ i s_h - p_h + k_h d_h,\ j s_w - p_w + k_w d_w]
+
+    with zero padding and ``g(o)`` the input channels of ``o``'s group. Summation order is
+    fixed (c, k_h, k_w), so the result is deterministic. Used for the real-valued stem of the
+    models and as the building block of the AdaBin conv.
     """
     x, w, p = _geometry(x, w, stride, padding, dilation, groups)
     return _conv(x, w, p)
