@@ -562,17 +562,19 @@ def test_weight_kinds(kind_and_w):
 def test_activations_can_hit_the_threshold_exactly():
     beta = np.array([0.1, -0.3])
     x = find(abt.activations((2, 2, 3, 3), 0.5, beta),
-             lambda x: (x == beta.reshape(1, 2, 1, 1)).any(), settings=settings(database=None))
+             lambda x: (x == beta.reshape(1, 2, 1, 1)).any(),
+             settings=settings(database=None, derandomize=True, max_examples=5000))
     assert abt.flip_risk(x, 0.5, beta).any()
     x = find(abt.activations((4, 2, 3, 3), 0.5, beta),
              lambda x: (np.abs(x - beta.reshape(1, 2, 1, 1)) == 0.5).any(),
-             settings=settings(database=None))
+             settings=settings(database=None, derandomize=True, max_examples=5000))
     assert (ab.bireal_grad((x - beta.reshape(1, 2, 1, 1)) / 0.5) == 0).any()  # |v| = 1 kink
 
 
 def test_conv_shapes_respect_bounds():
+    # derandomized: a rare condition must not depend on the run's random seed
     shape = find(abt.conv_shapes(max_groups=2), lambda s: s.groups == 2 and s.h < s.kh,
-                 settings=settings(database=None))
+                 settings=settings(database=None, derandomize=True, max_examples=5000))
     assert shape.c % 2 == 0 and shape.o % 2 == 0
     ab.adabin_conv2d(np.ones(shape.x_shape), np.ones(shape.w_shape) + np.arange(shape.kw),
                      0.5, 0.0, **shape.kwargs)
