@@ -23,7 +23,13 @@ from typing import NamedTuple
 import numpy as np
 
 from . import kernels_cpu as _k
-from .validation import activation_params, as_float_array, check_convention, check_finite_scalar
+from .validation import (
+    activation_params,
+    as_float_array,
+    check_convention,
+    check_finite_scalar,
+    finite_result,
+)
 
 __all__ = [
     "ActivationGrad",
@@ -117,7 +123,7 @@ def weight_binary_set(w):
     linear ``(O, I)``); any real dtype, computed in float64.
     """
     _, w2 = _weights_2d(w)
-    return _k.weight_stats(w2)
+    return finite_result(_k.weight_stats(w2), "weight_binary_set")
 
 
 def binarize_weights(w, *, convention="paper"):
@@ -131,7 +137,8 @@ def binarize_weights(w, *, convention="paper"):
     official = check_convention(convention) == "official"
     w, w2 = _weights_2d(w)
     alpha, beta = _k.weight_stats(w2)
-    return _k.weight_forward(w2, alpha, beta, official).reshape(w.shape)
+    return finite_result(_k.weight_forward(w2, alpha, beta, official).reshape(w.shape),
+                         "binarize_weights")
 
 
 def binarize_weights_grad(w, grad, *, k=10.0, t=0.1, convention="paper"):
@@ -159,7 +166,8 @@ def binarize_weights_grad(w, grad, *, k=10.0, t=0.1, convention="paper"):
     if g.shape != w.shape:
         raise ValueError(f"grad has shape {g.shape} but w has shape {w.shape}")
     alpha, beta = _k.weight_stats(w2)
-    return _k.weight_backward(w2, g.reshape(w2.shape), alpha, beta, k, t, official).reshape(w.shape)
+    dw = _k.weight_backward(w2, g.reshape(w2.shape), alpha, beta, k, t, official)
+    return finite_result(dw.reshape(w.shape), "binarize_weights_grad")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -201,7 +209,8 @@ def binarize_activations(x, alpha, beta, *, convention="paper"):
     """
     official = check_convention(convention) == "official"
     x, x3, alpha_c, beta_c, _ = _activations_3d(x, alpha, beta)
-    return _k.act_forward(x3, alpha_c, beta_c, official).reshape(x.shape)
+    return finite_result(_k.act_forward(x3, alpha_c, beta_c, official).reshape(x.shape),
+                         "binarize_activations")
 
 
 def binarize_activations_grad(x, alpha, beta, grad, *, convention="paper"):
@@ -226,8 +235,9 @@ def binarize_activations_grad(x, alpha, beta, grad, *, convention="paper"):
     if g.shape != x.shape:
         raise ValueError(f"grad has shape {g.shape} but x has shape {x.shape}")
     dx, s_gs, s_gv, s_g, s_gg = _k.act_backward(x3, alpha_c, beta_c, g.reshape(x3.shape), official)
-    return _combine_activation_grads(dx.reshape(x.shape), alpha_c, s_gs, s_gv, s_g, s_gg,
-                                     per_channel, official)
+    return finite_result(_combine_activation_grads(dx.reshape(x.shape), alpha_c, s_gs, s_gv,
+                                                   s_g, s_gg, per_channel, official),
+                         "binarize_activations_grad")
 
 
 def _combine_activation_grads(dx, alpha_c, s_gs, s_gv, s_g, s_gg, per_channel, official):

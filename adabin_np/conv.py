@@ -15,7 +15,13 @@ import numpy as np
 
 from . import kernels_cpu as _k
 from .binarize import _activations_3d, _combine_activation_grads, _weights_2d
-from .validation import as_float_array, check_convention, check_finite_scalar, conv_params
+from .validation import (
+    as_float_array,
+    check_convention,
+    check_finite_scalar,
+    conv_params,
+    finite_result,
+)
 
 __all__ = ["ConvGrad", "conv2d", "adabin_conv2d", "adabin_conv2d_grad"]
 
@@ -64,7 +70,7 @@ def conv2d(x, w, *, stride=1, padding=0, dilation=1, groups=1):
     models and as the building block of the AdaBin conv.
     """
     x, w, p = _geometry(x, w, stride, padding, dilation, groups)
-    return _conv(x, w, p)
+    return finite_result(_conv(x, w, p), "conv2d")
 
 
 def adabin_conv2d(x, w, alpha, beta, *, stride=1, padding=0, dilation=1, groups=1,
@@ -88,7 +94,7 @@ def adabin_conv2d(x, w, alpha, beta, *, stride=1, padding=0, dilation=1, groups=
     _, w2 = _weights_2d(w)
     wa, wbeta = _k.weight_stats(w2)
     wb = _k.weight_forward(w2, wa, wbeta, official).reshape(w.shape)
-    return _conv(xb, wb, p)
+    return finite_result(_conv(xb, wb, p), "adabin_conv2d")
 
 
 def adabin_conv2d_grad(x, w, alpha, beta, grad_y, *, stride=1, padding=0, dilation=1, groups=1,
@@ -125,4 +131,4 @@ def adabin_conv2d_grad(x, w, alpha, beta, grad_y, *, stride=1, padding=0, dilati
     act = _combine_activation_grads(dx.reshape(x.shape), alpha_c, s_gs, s_gv, s_g, s_gg,
                                     per_channel, official)
     dw = _k.weight_backward(w2, dwb.reshape(w2.shape), wa, wbeta, k, t, official).reshape(w.shape)
-    return ConvGrad(act.dx, dw, act.dalpha, act.dbeta)
+    return finite_result(ConvGrad(act.dx, dw, act.dalpha, act.dbeta), "adabin_conv2d_grad")

@@ -69,6 +69,7 @@ from .validation import (
     as_float_array,
     check_convention,
     conv_params,
+    finite_result,
 )
 
 __all__ = [
@@ -543,6 +544,24 @@ def _info(act_ties, weight_ties, official):
 # ----------------------------------------------------------------------------------------------
 
 
+def _check_overflow(y, pw, alpha_c, beta_c, official):
+    """Refuse a float64 overflow without scanning y when a bound proves there is none.
+
+    Every output is a sum over at most ``Cg*kh*kw`` taps of (activation level) x (weight level),
+    so ``|y| <= Cg*kh*kw * max(|c_a| + |d_a|) * max(|c_w| + |d_w|)``; only when that bound is
+    not far below the float64 range is ``y`` itself checked.
+    """
+    c_a = alpha_c * beta_c if official else beta_c
+    act = float(np.max(np.abs(c_a) + np.abs(alpha_c)))
+    wgt = float(np.max(np.abs(pw.beta) + np.abs(pw.alpha)))
+    taps = int(np.prod(pw.shape[1:]))
+    with np.errstate(over="ignore"):
+        bound = taps * act * wgt
+    if bound < 1e300:
+        return y
+    return finite_result(y, "packed_adabin_conv2d")
+
+
 def packed_adabin_conv2d_prepacked(x, packed_weights, alpha, beta, *, stride=1, padding=0,
                                    dilation=1, groups=1, convention="paper", device="cpu",
                                    return_info=False):
@@ -575,11 +594,13 @@ def packed_adabin_conv2d_prepacked(x, packed_weights, alpha, beta, *, stride=1, 
             from .cuda import packed_adabin_conv2d_cuda
         except ImportError as exc:
             raise RuntimeError(f"device='cuda' needs adabin_np.cuda (numba-cuda): {exc}") from exc
-        y = packed_adabin_conv2d_cuda(x, pw.w, alpha_c, beta_c, p, official)
+        y = _check_overflow(packed_adabin_conv2d_cuda(x, pw.w, alpha_c, beta_c, p, official),
+                            pw, alpha_c, beta_c, official)
         if return_info:
             return y, _info(_count_ties(x, alpha_c, beta_c), pw.ties, official)
         return y
     y, act_ties = _run_cpu(x, pw, alpha_c, beta_c, p, official)
+    y = _check_overflow(y, pw, alpha_c, beta_c, official)
     if return_info:
         return y, _info(act_ties, pw.ties, official)
     return y

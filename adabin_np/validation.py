@@ -29,6 +29,7 @@ __all__ = [
     "activation_params",
     "conv_params",
     "conv_output_size",
+    "finite_result",
 ]
 
 CONVENTIONS = ("paper", "official")
@@ -74,6 +75,20 @@ def as_float_array(a, name, *, ndim=None, min_ndim=None, allow_scalar=False):
     if out.size and not np.isfinite(out).all():
         raise ValueError(f"{name} contains NaN or infinity")
     return out
+
+
+def finite_result(result, what):
+    """Return ``result`` (an array, float or tuple of them) after checking it is finite.
+
+    Finite inputs can still overflow float64 (|x| ~ 1e200 times |w| ~ 1e110 summed over taps);
+    the oracle then raises a ``ValueError`` instead of returning inf or NaN.
+    """
+    parts = result if isinstance(result, tuple) else (result,)
+    for part in parts:
+        if not np.isfinite(part).all():
+            raise ValueError(f"{what}: the result overflows float64 for these (finite) inputs; "
+                             "rescale x, w or the binary set")
+    return result
 
 
 def check_convention(convention):

@@ -593,3 +593,20 @@ def test_absurd_integer_geometry_is_rejected_by_name():
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                           timeout=120, cwd=root, env=dict(os.environ, PYTHONPATH=root))
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+def test_float64_overflow_of_finite_inputs_is_a_value_error():
+    """Finite inputs whose exact result exceeds float64 (found by the geometry fuzz) must raise,
+    never return inf/NaN; just below the limit the result is returned."""
+    x = np.array([1.25e208, -1.3e208, 6.4e208]).reshape(1, 3, 1, 1)
+    w = np.array([1.0e99, -5.4e99, 3.6e99]).reshape(1, 3, 1, 1)
+    with pytest.raises(ValueError, match="overflows float64"):
+        ab.conv2d(x, w)
+    assert np.isfinite(ab.conv2d(x * 1e-10, w)).all()
+    big_w = np.array([1.0, -1.0, 3.0]).reshape(1, 3, 1, 1) * 1e307
+    for fn in (ab.adabin_conv2d, ab.packed_adabin_conv2d):
+        with pytest.raises(ValueError, match="overflows float64"):
+            fn(np.ones((1, 3, 1, 1)), big_w, 100.0, 1e2, convention="official")
+        assert np.isfinite(fn(np.ones((1, 3, 1, 1)), big_w * 1e-10, 100.0, 1e2)).all()
+    with pytest.raises(ValueError, match="overflows float64"):
+        ab.binarize_activations(np.full(3, 1.7e308), 1e308, 1.5e308)  # b2 = 2.5e308
