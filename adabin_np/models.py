@@ -157,7 +157,18 @@ class BinaryNet(Module):
 
 
 class _Block(Module):
-    """Shared forward/backward of the two BasicBlocks (see the module docstring)."""
+    """Shared body and forward/backward of the two BasicBlocks (see the module docstring)."""
+
+    def __init__(self, in_planes, planes, stride, convention, rng):
+        """conv1 (3x3, stride) -> bn1 -> nonlinear1 -> conv2 (3x3) -> bn2, in state-dict order."""
+        super().__init__()
+        self.conv1 = AdaBinConv2d(in_planes, planes, 3, stride=stride, padding=1,
+                                  convention=convention, rng=rng)
+        self.bn1 = BatchNorm2d(planes)
+        self.nonlinear1 = Maxout(planes)
+        self.conv2 = AdaBinConv2d(planes, planes, 3, stride=1, padding=1, convention=convention,
+                                  rng=rng)
+        self.bn2 = BatchNorm2d(planes)
 
     def _shortcut(self) -> Module:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -178,14 +189,7 @@ class BasicBlockA(_Block):
     """CIFAR block of the release (``BasicBlock_1w1a``) with the option-A shortcut."""
 
     def __init__(self, in_planes, planes, stride=1, *, convention="paper", rng=None):
-        super().__init__()
-        self.conv1 = AdaBinConv2d(in_planes, planes, 3, stride=stride, padding=1,
-                                  convention=convention, rng=rng)
-        self.bn1 = BatchNorm2d(planes)
-        self.nonlinear1 = Maxout(planes)
-        self.conv2 = AdaBinConv2d(planes, planes, 3, stride=1, padding=1, convention=convention,
-                                  rng=rng)
-        self.bn2 = BatchNorm2d(planes)
+        super().__init__(in_planes, planes, stride, convention, rng)
         self.nonlinear2 = Maxout(planes)
         if stride != 1 or in_planes != planes:
             if in_planes + 2 * (planes // 4) != planes:
@@ -208,14 +212,7 @@ class BasicBlockB(_Block):
     """
 
     def __init__(self, inplanes, planes, stride=1, *, convention="paper", rng=None):
-        super().__init__()
-        self.conv1 = AdaBinConv2d(inplanes, planes, 3, stride=stride, padding=1,
-                                  convention=convention, rng=rng)
-        self.bn1 = BatchNorm2d(planes)
-        self.nonlinear1 = Maxout(planes)
-        self.conv2 = AdaBinConv2d(planes, planes, 3, stride=1, padding=1, convention=convention,
-                                  rng=rng)
-        self.bn2 = BatchNorm2d(planes)
+        super().__init__(inplanes, planes, stride, convention, rng)
         if stride != 1 or inplanes != planes:
             self.downsample = Sequential(
                 AvgPool2d(stride, stride=stride, ceil_mode=True, count_include_pad=False),

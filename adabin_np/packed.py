@@ -136,24 +136,10 @@ def _check_device(device):
 def _as_input_array(a, name, ndim=None, *, min_ndim=None, allow_empty=False):
     """``as_float_array`` without its finiteness pass (the packing kernel checks finiteness on
     the fly, saving one full read of the input); same dtype and ndim errors."""
-    if isinstance(a, (str, bytes)) or a is None:
-        raise TypeError(f"{name} must be a real numeric array, got {type(a).__name__}")
-    try:
-        arr = np.asarray(a)
-    except Exception as exc:  # ragged lists and the like
-        raise TypeError(f"{name} could not be converted to an array: {exc}") from None
-    if arr.dtype.kind == "c":
-        raise TypeError(f"{name} must be real, got complex dtype {arr.dtype}")
-    if arr.dtype.kind not in "biuf":
-        raise TypeError(f"{name} must have a real numeric dtype, got {arr.dtype}")
-    if ndim is not None and arr.ndim != ndim:
-        raise ValueError(f"{name} must have {ndim} dimensions, got shape {arr.shape}")
-    if min_ndim is not None and arr.ndim < min_ndim:
-        raise ValueError(f"{name} must have at least {min_ndim} dimensions, got shape "
-                         f"{arr.shape}")
+    arr = as_float_array(a, name, ndim=ndim, min_ndim=min_ndim, check_finite=False)
     if not allow_empty and 0 in arr.shape:
         raise ValueError(f"{name} must be non-empty, got shape {arr.shape}")
-    return np.asarray(arr, dtype=np.float64, order="C")
+    return arr
 
 
 def _check_int(value, name, *, minimum):

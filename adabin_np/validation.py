@@ -35,7 +35,7 @@ __all__ = [
 CONVENTIONS = ("paper", "official")
 
 
-def as_float_array(a, name, *, ndim=None, min_ndim=None, allow_scalar=False):
+def as_float_array(a, name, *, ndim=None, min_ndim=None, allow_scalar=False, check_finite=True):
     """Return ``a`` as a C-contiguous, finite float64 array.
 
     Parameters
@@ -48,6 +48,9 @@ def as_float_array(a, name, *, ndim=None, min_ndim=None, allow_scalar=False):
         Required exact / minimum number of dimensions.
     allow_scalar : bool
         Whether a 0-d input is acceptable when ``ndim``/``min_ndim`` are not given.
+    check_finite : bool
+        Whether to scan for NaN/inf here (``False`` for callers whose kernel checks in the same
+        pass as its real work, like the bit-packing kernel).
     """
     if isinstance(a, (str, bytes)) or a is None:
         raise TypeError(f"{name} must be a real numeric array, got {type(a).__name__}")
@@ -72,7 +75,7 @@ def as_float_array(a, name, *, ndim=None, min_ndim=None, allow_scalar=False):
     out = np.asarray(arr, dtype=np.float64, order="C")
     if not out.flags.writeable:  # one kernel specialisation: read-only inputs get a copy
         out = out.copy()
-    if out.size and not np.isfinite(out).all():
+    if check_finite and out.size and not np.isfinite(out).all():
         raise ValueError(f"{name} contains NaN or infinity")
     return out
 

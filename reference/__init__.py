@@ -23,52 +23,7 @@ Contents (all in :mod:`reference.spec`):
 ``python -m reference.make_golden`` regenerates the golden cases in ``reference/golden/``.
 """
 
-from .spec import (
-    ActivationGrad,
-    ConvGrad,
-    activation_v,
-    adabin_conv2d,
-    adabin_conv2d_grad,
-    binarize_activations,
-    binarize_activations_grad,
-    binarize_weights,
-    binarize_weights_grad,
-    bireal_grad,
-    conv2d,
-    conv2d_grad_input,
-    conv2d_grad_weight,
-    conv_output_shape,
-    ede,
-    ede_schedule,
-    flip_risk_mask,
-    packed_conv_formula,
-    sign_official,
-    sign_paper,
-    weight_binary_set,
-    weight_u,
-)
+from . import spec
+from .spec import *  # noqa: F401,F403  (the names listed in spec.__all__)
 
-__all__ = [
-    "ActivationGrad",
-    "ConvGrad",
-    "activation_v",
-    "adabin_conv2d",
-    "adabin_conv2d_grad",
-    "binarize_activations",
-    "binarize_activations_grad",
-    "binarize_weights",
-    "binarize_weights_grad",
-    "bireal_grad",
-    "conv2d",
-    "conv2d_grad_input",
-    "conv2d_grad_weight",
-    "conv_output_shape",
-    "ede",
-    "ede_schedule",
-    "flip_risk_mask",
-    "packed_conv_formula",
-    "sign_official",
-    "sign_paper",
-    "weight_binary_set",
-    "weight_u",
-]
+__all__ = list(spec.__all__)
