@@ -227,6 +227,12 @@ def unpack_bits(packed, n, *, axis=-1):
 
 
 class _Layout(NamedTuple):
+    """A channel layout. ``key`` is derived from *every* other field (:func:`_make_layout`),
+    so caches keyed on it (kernel weights, per-tap popcounts, border tables on
+    :class:`PackedWeights`) can never hand one layout's data to another: two segmentations
+    with the same word positions but different segment boundaries or levels (64+128 vs
+    128+64 channels) have different keys."""
+
     key: tuple
     n_words: int
     word_ptr: np.ndarray    # (n_words + 1,) into word_chans
@@ -245,6 +251,17 @@ class _Layout(NamedTuple):
     wgm: int                # largest number of words of a group
 
 
+def _make_layout(*fields):
+    """A :class:`_Layout` whose ``key`` is the content (dtype, shape, bytes) of all its fields."""
+    parts = []
+    for f in fields:
+        if isinstance(f, np.ndarray):
+            parts.append((f.dtype.str, f.shape, f.tobytes()))
+        else:
+            parts.append(int(f))
+    return _Layout(tuple(parts), *fields)
+
+
 def _natural_layout(c, groups, seg_ca, seg_da):
     cg = c // groups
     wg = _n_words(cg)
@@ -255,11 +272,11 @@ def _natural_layout(c, groups, seg_ca, seg_da):
     cc = np.arange(c) % cg
     chan_word = (np.arange(c) // cg) * wg + cc // WORD_BITS
     g = np.arange(groups, dtype=np.int64)
-    return _Layout(("natural", groups), groups * wg, word_ptr, np.arange(c, dtype=np.int64),
-                   chan_word.astype(np.int64), (cc % WORD_BITS).astype(np.int64),
-                   g * wg, (g + 1) * wg, np.full(groups, cg, dtype=np.int64),
-                   np.ascontiguousarray(seg_ca, dtype=np.float64),
-                   np.ascontiguousarray(seg_da, dtype=np.float64), g, g, g + 1, g * wg, wg)
+    return _make_layout(groups * wg, word_ptr, np.arange(c, dtype=np.int64),
+                        chan_word.astype(np.int64), (cc % WORD_BITS).astype(np.int64),
+                        g * wg, (g + 1) * wg, np.full(groups, cg, dtype=np.int64),
+                        np.ascontiguousarray(seg_ca, dtype=np.float64),
+                        np.ascontiguousarray(seg_da, dtype=np.float64), g, g, g + 1, g * wg, wg)
 
 
 def _segmented_layout(c_a, d_a, groups):
@@ -298,12 +315,11 @@ def _segmented_layout(c_a, d_a, groups):
             word += nw
         g_seg1[g] = len(seg["w0"])
     i64 = lambda v: np.asarray(v, dtype=np.int64)  # noqa: E731
-    key = ("segmented", groups, chan_word.tobytes(), chan_bit.tobytes())
     seg_w0 = i64(seg["w0"])
     seg_w1 = i64(seg["w1"])
     g_w0 = seg_w0[g_seg0]
     wgm = int(np.max(seg_w1[g_seg1 - 1] - g_w0))
-    return _Layout(key, word, i64(word_ptr), i64(word_chans), chan_word, chan_bit,
+    return _make_layout(word, i64(word_ptr), i64(word_chans), chan_word, chan_bit,
                    seg_w0, seg_w1, i64(seg["n"]),
                    np.asarray(seg["ca"], dtype=np.float64), np.asarray(seg["da"], dtype=np.float64),
                    i64(seg["g"]), g_seg0, g_seg1, g_w0, wgm)
@@ -361,6 +377,15 @@ class PackedWeights:
     """
 
     def __init__(self, w):
+        # a public constructor: validated like pack_weights (Numba kernels do not bounds-check)
+        w = as_float_array(w, "w", min_ndim=2)
+        w = w.copy()  # PackedWeights owns its float weights (kept for the CUDA path)
+        if w.ndim == 2:
+            w = w.reshape(w.shape + (1, 1))
+        if w.ndim != 4:
+            raise ValueError(f"w must have 4 (conv) or 2 (linear) dimensions, got shape {w.shape}")
+        if 0 in w.shape:
+            raise ValueError(f"w must be non-empty, got shape {w.shape}")
         o_, cg, kh, kw = w.shape
         self.w = w
         self.shape = w.shape
@@ -401,7 +426,7 @@ class PackedWeights:
     def _bias(self, layout, pcw, geometry, r_lo, r_hi, c_lo, c_hi):
         """Border-class table of :func:`~adabin_np.kernels_cpu.packed_bias` (cached per
         layout, activation levels and geometry: a model layer reuses it every call)."""
-        key = (layout.key, layout.seg_ca.tobytes(), geometry)
+        key = (layout.key, geometry)
         entry = self._bias_cache.get(key)
         if entry is None:
             entry = _k.packed_bias(pcw, layout.seg_n, layout.seg_ca, layout.g_seg0,
@@ -423,14 +448,6 @@ def pack_weights(w, *, convention="paper"):
     levels ``beta_w +- alpha_w`` and the packed path maps ``u == 0`` to ``+1`` in both.
     """
     check_convention(convention)
-    w = as_float_array(w, "w", min_ndim=2)
-    w = w.copy()  # PackedWeights owns its float weights (kept for the CUDA path)
-    if w.ndim == 2:
-        w = w.reshape(w.shape + (1, 1))
-    if w.ndim != 4:
-        raise ValueError(f"w must have 4 (conv) or 2 (linear) dimensions, got shape {w.shape}")
-    if 0 in w.shape:
-        raise ValueError(f"w must be non-empty, got shape {w.shape}")
     return PackedWeights(w)
 
 
