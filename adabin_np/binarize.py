@@ -62,11 +62,26 @@ def ede(u, *, k=10.0, t=0.1):
 
     It is the derivative of :math:`F(u) = k \tanh(t u)`, the smooth surrogate of ``sign`` used
     for the weights' backward pass. With the defaults ``k = 10, t = 0.1`` its peak is 1.
+    For huge ``k``, ``t`` (where ``k*t`` or ``t*u`` overflow) it is evaluated in logarithms,
+    :math:`k t\,\mathrm{sech}^2 z = \pm\exp(\log|k| + \log|t| + \log 4 - 2|z| -
+    2\log(1 + e^{-2|z|}))`, so every finite value comes back finite; a value beyond the
+    float64 range is a ``ValueError``, never inf or NaN.
     """
     u = as_float_array(u, "u", allow_scalar=True)
     k = check_finite_scalar(k, "k")
     t = check_finite_scalar(t, "t")
-    return k * t * (1.0 - np.tanh(t * u) ** 2)
+    with np.errstate(over="ignore", invalid="ignore", under="ignore", divide="ignore"):
+        out = np.atleast_1d(k * t * (1.0 - np.tanh(t * u) ** 2))
+        bad = ~np.isfinite(out)
+        if bad.any():
+            # huge k, t: k*t or t*u overflows although the value may be finite. Evaluate
+            # k t sech^2(z), z = t u, as sign(k t) exp(log|k| + log|t| + log sech^2 z) with the
+            # cancellation-free log sech^2 z = log 4 - 2|z| - 2 log1p(exp(-2|z|)).
+            z = np.abs(t * np.atleast_1d(u)[bad])
+            log_sech2 = np.log(4.0) - 2.0 * z - 2.0 * np.log1p(np.exp(-2.0 * z))
+            out[bad] = np.sign(k * t) * np.exp(np.log(abs(k)) + np.log(abs(t)) + log_sech2)
+    out = out.reshape(np.shape(u))[()]
+    return finite_result(out, "ede")
 
 
 def bireal_grad(v):
@@ -102,6 +117,28 @@ def _weights_2d(w, name="w"):
     return w, w.reshape(w.shape[0], -1)
 
 
+def pow2_row_scale(w2):
+    """Scale each row of ``w2`` by a power of two so that its largest magnitude is in [0.5, 1).
+
+    Returns ``(w2s, e)`` with ``w2 = ldexp(w2s, e[:, None])``. Multiplying by a power of two is
+    exact (for normal and subnormal values alike), and the weight binary set is scale-equivariant
+    (``alpha``, ``beta``, ``Wb`` scale with the weights; ``u``, ``s`` and ``dW`` do not change),
+    so computing on ``w2s`` gives bit-identical results wherever the unscaled computation does
+    not overflow or underflow, and correct ones where it would: sums of 1e308-sized weights,
+    squares of 1e-300-sized deviations.
+    """
+    peak = np.max(np.abs(w2), axis=1) if w2.shape[1] else np.zeros(w2.shape[0])
+    e = np.frexp(peak)[1].astype(np.int64)  # frexp(0) gives exponent 0
+    return np.ldexp(w2, -e[:, None]), e
+
+
+def _scaled_weight_set(w2):
+    """``(w2s, e, alpha_s, beta_s)``: the set of the power-of-two scaled rows (exact rescale)."""
+    w2s, e = pow2_row_scale(w2)
+    alpha_s, beta_s = _k.weight_stats(w2s)
+    return w2s, e, alpha_s, beta_s
+
+
 def weight_binary_set(w):
     r"""Per-output-channel weight binary set ``(alpha, beta)``, each of shape ``(O,)``.
 
@@ -110,20 +147,22 @@ def weight_binary_set(w):
     .. math:: \beta_w = \frac1n\sum_j W_{oj}, \qquad
               \alpha_w = \sqrt{\frac1n \sum_j (W_{oj} - \beta_w)^2}
 
-    (population standard deviation). This moment matching is the paper's KL equalization: a
+    (population standard deviation), computed on the rows scaled by a power of two
+    (:func:`pow2_row_scale`) so that any finite weights give their finite set, e.g.
+    ``[[1e308, 1e308, -1e308, -1e308]]`` gives ``alpha = 1e308, beta = 0``. This moment matching is the paper's KL equalization: a
     two-point distribution on ``{beta - alpha, beta + alpha}`` has mean ``beta`` and variance
     ``alpha**2``, and ``KL(N(mu, sigma^2) || N(beta, alpha^2))`` is minimised at
     ``beta = mu, alpha = sigma``.
 
     Constant filter: when all weights of a channel are exactly equal, ``beta_w`` is that value
-    (exactly, not a rounded mean) and ``alpha_w = 0``. The variance is computed scaled by
-    ``max|W_o - beta_w|``, so neither huge (1e200) nor tiny (1e-200) weights over/underflow.
+    (exactly, not a rounded mean) and ``alpha_w = 0``.
 
     ``w`` has at least 2 dimensions with output channels on axis 0 (conv ``(O, I, kh, kw)`` or
     linear ``(O, I)``); any real dtype, computed in float64.
     """
     _, w2 = _weights_2d(w)
-    return finite_result(_k.weight_stats(w2), "weight_binary_set")
+    _, e, alpha_s, beta_s = _scaled_weight_set(w2)
+    return finite_result((np.ldexp(alpha_s, e), np.ldexp(beta_s, e)), "weight_binary_set")
 
 
 def binarize_weights(w, *, convention="paper"):
@@ -136,9 +175,9 @@ def binarize_weights(w, *, convention="paper"):
     """
     official = check_convention(convention) == "official"
     w, w2 = _weights_2d(w)
-    alpha, beta = _k.weight_stats(w2)
-    return finite_result(_k.weight_forward(w2, alpha, beta, official).reshape(w.shape),
-                         "binarize_weights")
+    w2s, e, alpha_s, beta_s = _scaled_weight_set(w2)
+    wb = np.ldexp(_k.weight_forward(w2s, alpha_s, beta_s, official), e[:, None])
+    return finite_result(wb.reshape(w.shape), "binarize_weights")
 
 
 def binarize_weights_grad(w, grad, *, k=10.0, t=0.1, convention="paper"):
@@ -156,6 +195,8 @@ def binarize_weights_grad(w, grad, *, k=10.0, t=0.1, convention="paper"):
 
     Constant filter (``alpha_w = 0``): ``Wb = beta_w`` so ``dW_j = sum(g)/n`` (finite, never
     NaN). ``convention`` only matters for ``s`` at ``u == 0`` (paper +1, official 0).
+    Scale invariance: ``binarize_weights_grad(c*w, g) == binarize_weights_grad(w, g)`` for any
+    ``c > 0`` (exactly for powers of two), from 1e-300 to 1e300 alike.
     Defaults ``k = 10, t = 0.1``; see :func:`ede_schedule` for the training schedule.
     """
     official = check_convention(convention) == "official"
@@ -165,8 +206,10 @@ def binarize_weights_grad(w, grad, *, k=10.0, t=0.1, convention="paper"):
     g = as_float_array(grad, "grad")
     if g.shape != w.shape:
         raise ValueError(f"grad has shape {g.shape} but w has shape {w.shape}")
-    alpha, beta = _k.weight_stats(w2)
-    dw = _k.weight_backward(w2, g.reshape(w2.shape), alpha, beta, k, t, official)
+    # dW is invariant under W -> c W (u, s and the EDE factor do not change), so the scaled
+    # rows give dW itself, for weights of any magnitude
+    w2s, _, alpha_s, beta_s = _scaled_weight_set(w2)
+    dw = _k.weight_backward(w2s, g.reshape(w2.shape), alpha_s, beta_s, k, t, official)
     return finite_result(dw.reshape(w.shape), "binarize_weights_grad")
 
 

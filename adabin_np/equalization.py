@@ -32,7 +32,8 @@ from typing import NamedTuple
 import numpy as np
 from numba import njit, prange
 
-from .validation import as_float_array
+from .binarize import pow2_row_scale
+from .validation import as_float_array, to_numpy
 
 __all__ = [
     "OBJECTIVES",
@@ -430,8 +431,7 @@ def _entropy_search(w, beta_grid, grid, alpha_out, beta_out, loss_out, land):
 
 
 def _check_weights(w):
-    kind = np.asarray(w).dtype.kind if not isinstance(w, (str, bytes)) and w is not None else ""
-    if kind == "b":
+    if to_numpy(w, "w").dtype.kind == "b":
         raise TypeError("w must have a real floating or integer dtype, got bool")
     w = as_float_array(w, "w", min_ndim=2)
     n = int(np.prod(w.shape[1:]))
@@ -494,6 +494,14 @@ def equalization_search(w, objective="kl", *, grid=64, refine=True):
         balanced). The solution is closed-form, so ``refine`` has no effect. The landscape
         depends on ``beta`` only (constant along ``alpha``). Lattice as for ``"l2"``.
 
+    Scale: the search runs on each channel scaled by a power of two (exact), so
+    ``equalization_search(s*w)`` returns ``s`` times the sets (and lattices) of ``w`` for any
+    finite weights, from subnormal to 1e308. ``"kl"`` and ``"entropy"`` losses are
+    scale-free; the ``"l2"`` loss is a squared error and scales with ``s**2`` (beyond the float64
+    range, for weights above ~1e154, it is reported as ``inf``, as are lattice points beyond the
+    range, e.g. the ``alpha = max - min`` end of a channel spanning more than 1.8e308;
+    ``alpha``/``beta`` themselves are always finite and exact).
+
     Constant channels (all values equal to ``c``) give ``alpha = 0``, ``beta = c``, loss 0 for
     every objective, never NaN. Their lattice is ``c + s*linspace(-1, 1)`` for ``beta`` and
     ``s*linspace(0, 1)`` (``"kl"``: ``s*geomspace(1e-3, 1)``) for ``alpha`` with ``s = |c|`` or 1
@@ -533,7 +541,9 @@ def equalization_search(w, objective="kl", *, grid=64, refine=True):
     if not isinstance(refine, (bool, np.bool_)):
         raise TypeError(f"refine must be a bool, got {type(refine).__name__}")
     refine = bool(refine)
-    w2 = _check_weights(w)
+    # the search runs on rows scaled by a power of two (exact) and its sets are scaled back, so
+    # equalization_search(c*w) is c times the result for w for any finite weights
+    w2, scale_exp = pow2_row_scale(_check_weights(w))
     n_ch, n = w2.shape
 
     lo = w2.min(axis=1) if n_ch else np.zeros(0)
@@ -584,9 +594,14 @@ def equalization_search(w, objective="kl", *, grid=64, refine=True):
         else:
             _entropy_search(w2, beta_grid, grid, alpha, beta, loss, land)
 
-    landscape = EqualizationLandscape(alpha=np.ascontiguousarray(alpha_grid),
-                                      beta=np.ascontiguousarray(beta_grid), loss=land)
-    return EqualizationResult(alpha=np.asarray(alpha, dtype=np.float64),
-                              beta=np.asarray(beta, dtype=np.float64),
+    e = scale_exp[:, None]
+    with np.errstate(over="ignore"):  # lattice points / l2 losses beyond float64 become inf
+        if objective == "l2":  # a mean squared error: scales with the square of the weights
+            loss = np.ldexp(loss, 2 * scale_exp)
+            land = np.ldexp(land, 2 * e[:, :, None])
+        landscape = EqualizationLandscape(alpha=np.ldexp(alpha_grid, e),
+                                          beta=np.ldexp(beta_grid, e), loss=land)
+    return EqualizationResult(alpha=np.ldexp(np.asarray(alpha, dtype=np.float64), scale_exp),
+                              beta=np.ldexp(np.asarray(beta, dtype=np.float64), scale_exp),
                               loss=np.asarray(loss, dtype=np.float64),
                               objective=objective, landscape=landscape)

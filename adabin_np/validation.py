@@ -24,6 +24,7 @@ __all__ = [
     "CONVENTIONS",
     "ConvParams",
     "as_float_array",
+    "to_numpy",
     "check_convention",
     "check_finite_scalar",
     "activation_params",
@@ -33,6 +34,34 @@ __all__ = [
 ]
 
 CONVENTIONS = ("paper", "official")
+
+
+def to_numpy(a, name):
+    """Convert a user argument to a NumPy array, refusing what must not be converted silently.
+
+    Every public entry point reaches user data through this function (directly or via
+    :func:`as_float_array`), so the refusals below hold everywhere:
+
+    * ``str``/``bytes``/``None``: ``TypeError``;
+    * masked arrays: ``TypeError`` (a masked value would otherwise be used silently);
+    * framework tensors that track gradients (``requires_grad=True``) or live on an accelerator:
+      ``TypeError`` telling the caller to pass ``t.detach().cpu().numpy()``, instead of the
+      framework's own ``RuntimeError``;
+    * anything NumPy cannot convert (ragged lists, ...): ``TypeError``.
+    """
+    if isinstance(a, (str, bytes)) or a is None:
+        raise TypeError(f"{name} must be a real numeric array, got {type(a).__name__}")
+    if isinstance(a, np.ma.MaskedArray):
+        raise TypeError(f"{name} is a masked array; fill it first (np.ma.filled) so that no "
+                        "masked value is used silently")
+    if getattr(a, "requires_grad", False) is True:
+        raise TypeError(f"{name} is a {type(a).__name__} that requires grad; pass "
+                        f"{name}.detach().cpu().numpy() (the oracle takes plain arrays)")
+    try:
+        return np.asarray(a)
+    except Exception as exc:  # ragged lists, tensors on a GPU and the like
+        raise TypeError(f"{name} could not be converted to an array: {exc} (framework tensors: "
+                        f"pass {name}.detach().cpu().numpy())") from None
 
 
 def as_float_array(a, name, *, ndim=None, min_ndim=None, allow_scalar=False, check_finite=True):
@@ -52,15 +81,7 @@ def as_float_array(a, name, *, ndim=None, min_ndim=None, allow_scalar=False, che
         Whether to scan for NaN/inf here (``False`` for callers whose kernel checks in the same
         pass as its real work, like the bit-packing kernel).
     """
-    if isinstance(a, (str, bytes)) or a is None:
-        raise TypeError(f"{name} must be a real numeric array, got {type(a).__name__}")
-    if isinstance(a, np.ma.MaskedArray):
-        raise TypeError(f"{name} is a masked array; fill it first (np.ma.filled) so that no "
-                        "masked value is used silently")
-    try:
-        arr = np.asarray(a)
-    except Exception as exc:  # ragged lists and the like
-        raise TypeError(f"{name} could not be converted to an array: {exc}") from None
+    arr = to_numpy(a, name)
     kind = arr.dtype.kind
     if kind == "c":
         raise TypeError(f"{name} must be real, got complex dtype {arr.dtype}")
@@ -134,7 +155,7 @@ def activation_params(alpha, beta, channels):
     per_channel = False
     out = []
     for value, name in ((alpha, "alpha"), (beta, "beta")):
-        if np.asarray(value).dtype.kind == "b":
+        if to_numpy(value, name).dtype.kind == "b":
             raise TypeError(f"{name} must be a real number or array, got a boolean")
         arr = as_float_array(value, name, allow_scalar=True)
         if arr.ndim == 0:
