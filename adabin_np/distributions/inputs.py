@@ -27,7 +27,7 @@ from ..validation import as_float_array
 from .records import _check_int
 
 __all__ = ["load_inputs", "Normalizer", "ArraySource", "NpyFileSource", "ImageFolderSource",
-           "DaskSource", "as_source", "LabelReader"]
+           "DaskSource", "Head", "as_source", "LabelReader"]
 
 
 class Normalizer:
@@ -206,6 +206,29 @@ class ImageFolderSource:
 
     def prepare(self, raw, start=0):
         return self.normalizer.images(raw)
+
+
+class Head:
+    """The first ``n`` rows of another source."""
+
+    def __init__(self, source, n):
+        self.source = source
+        self.n = min(int(n), len(source))
+        self.remote = source.remote
+
+    def __len__(self):
+        return self.n
+
+    def __getattr__(self, name):  # normalizer, what, sample_shape ... of the wrapped source
+        if name == "source":
+            raise AttributeError(name)
+        return getattr(self.source, name)
+
+    def read(self, start, stop):
+        return self.source.read(start, min(stop, self.n))
+
+    def prepare(self, raw, start=0):
+        return self.source.prepare(raw, start)
 
 
 def as_source(inputs, *, channels=None, mean=None, std=None, size=None, limit=None):
