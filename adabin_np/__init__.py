@@ -16,7 +16,7 @@ from .binarize import (
     ede_schedule,
     weight_binary_set,
 )
-from .checkpoint import CheckpointError, load_checkpoint, save_npz
+from .checkpoint import CheckpointError, load_checkpoint, save_checkpoint, save_npz
 from .conv import ConvGrad, adabin_conv2d, adabin_conv2d_grad, conv2d
 from .equalization import (
     EqualizationLandscape,
@@ -42,6 +42,7 @@ from .packed import (
 )
 from . import data, layers, models, train
 from .models import digits_cnn, load_digits_model, resnet18_1w1a, resnet20_1w1a
+from .summary import summary  # the function; the module is adabin_np.summary too
 
 __version__ = "0.1.0"
 
@@ -61,6 +62,7 @@ __all__ = [
     "unpack_bits",
     "CheckpointError",
     "load_checkpoint",
+    "save_checkpoint",
     "save_npz",
     "ConvGrad",
     "adabin_conv2d",
@@ -78,6 +80,7 @@ __all__ = [
     "models",
     "resnet18_1w1a",
     "resnet20_1w1a",
+    "summary",
     "train",
     "ede",
     "ede_schedule",

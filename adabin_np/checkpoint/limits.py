@@ -1,0 +1,62 @@
+"""Resource limits shared by all readers, and the byte budget behind ``max_bytes``.
+
+Every limit is checked *before* the work or memory it bounds is spent:
+
+* ``max_bytes`` -- total **decoded bytes**: the size of every returned array plus the size of
+  every tensor storage that had to be copied or decompressed out of the file (zip members,
+  ``.npy`` payloads). Default ``max(512 MiB, 4 * file size)``: a genuine uncompressed
+  checkpoint decodes to about twice its size, while a few bytes of deflate or a broadcast
+  (stride-0) view cannot make the loader allocate gigabytes unasked. Pass a larger value for
+  highly compressed ``.npz`` files or broadcast-heavy checkpoints.
+* ``max_ops`` -- pickle opcodes per file (all pickles of a legacy file together), 1,000,000:
+  a state dict needs about 25 per tensor, so this admits ~40,000 tensors while keeping the
+  pure-Python pickle VM under a second.
+* ``max_depth`` -- MARK nesting and tuple-in-tuple nesting, 1,000.
+* ``max_equal_hashes`` -- dict keys / set elements of one container that share one hash value,
+  32 (Python dicts degrade quadratically on equal hashes; genuine files have none).
+* ``max_key_items`` -- elements of a tuple used as a dict key or set element, 16.
+* ``max_ndim`` -- tensor dimensions, 32; ``max_safetensors_header`` -- 100,000,000 bytes (the
+  limit of the reference implementation).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from .errors import CheckpointError
+
+MIN_DEFAULT_MAX_BYTES = 512 * 2**20
+DEFAULT_BYTES_PER_FILE_BYTE = 4
+
+
+@dataclass(frozen=True)
+class Limits:
+    """The limits of one load (see the module docstring for their meaning and defaults)."""
+
+    max_bytes: int
+    max_ops: int = 1_000_000
+    max_depth: int = 1000
+    max_equal_hashes: int = 32
+    max_key_items: int = 16
+    max_ndim: int = 32
+    max_safetensors_header: int = 100_000_000
+
+
+def default_max_bytes(file_size: int) -> int:
+    """``max(512 MiB, 4 * file_size)``: the documented default of ``load_checkpoint``."""
+    return max(MIN_DEFAULT_MAX_BYTES, DEFAULT_BYTES_PER_FILE_BYTE * file_size)
+
+
+class ByteBudget:
+    """Running total of decoded bytes; ``take`` refuses before the caller allocates."""
+
+    def __init__(self, max_bytes: int):
+        self.max_bytes = max_bytes
+        self.used = 0
+
+    def take(self, nbytes: int, what: str) -> None:
+        if nbytes < 0 or self.used + nbytes > self.max_bytes:
+            raise CheckpointError(
+                f"{what} would bring the decoded size to {self.used + nbytes} bytes, over "
+                f"max_bytes={self.max_bytes} (pass a larger max_bytes to load_checkpoint if "
+                "the file is trusted to be this large)")
+        self.used += nbytes
