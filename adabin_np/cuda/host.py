@@ -1,4 +1,4 @@
-r"""CUDA target (``numba.cuda``): host wrappers around :mod:`adabin_np.kernels_cuda`.
+r"""CUDA target (``numba.cuda``): host wrappers around :mod:`adabin_np.cuda.kernels`.
 
 Same semantics, same validation and same errors as the CPU functions of
 :mod:`adabin_np.binarize` (``SPEC.md`` sections 1-4); arrays go in and come out as host NumPy
@@ -29,10 +29,11 @@ from __future__ import annotations
 
 import numbers
 import sys
+from typing import NamedTuple
 
 import numpy as np
 
-from .validation import activation_params, as_float_array, check_convention, check_finite_scalar
+from ..validation import activation_params, as_float_array, check_convention, check_finite_scalar
 
 __all__ = [
     "is_available",
@@ -45,6 +46,9 @@ __all__ = [
     "pack_bits_cuda",
     "pack_weight_bits_cuda",
     "packed_adabin_conv2d_cuda",
+    "conv_geometry",
+    "theoretical_occupancy",
+    "TARGET_BLOCKS",
 ]
 
 _UNAVAILABLE = (
@@ -52,9 +56,6 @@ _UNAVAILABLE = (
     "(numba.cuda.is_available() is False). Use device='cpu', or set NUMBA_ENABLE_CUDASIM=1 "
     "before numba.cuda is first imported to run the kernels in Numba's (slow) CUDA simulator."
 )
-
-#: largest dynamic shared-memory request of the packed convolution (the default 48 KiB limit)
-_MAX_SHARED_BYTES = 48 * 1024
 
 
 # ----------------------------------------------------------------------------------------------
@@ -108,7 +109,7 @@ def is_simulator():
 
 
 def _require_cuda():
-    """Return ``(numba.cuda, adabin_np.kernels_cuda)`` or raise ``RuntimeError``."""
+    """Return ``(numba.cuda, adabin_np.cuda.kernels)`` or raise ``RuntimeError``."""
     cuda, exc = _import_cuda()
     if cuda is None:
         raise RuntimeError(f"adabin_np.cuda: numba.cuda could not be imported ({exc}); "
@@ -119,9 +120,9 @@ def _require_cuda():
         ok = False
     if not ok:
         raise RuntimeError(_UNAVAILABLE)
-    from . import kernels_cuda
+    from . import kernels
 
-    return cuda, kernels_cuda
+    return cuda, kernels
 
 
 def _blocks(count, tpb):
@@ -147,10 +148,17 @@ def _words(channels):
     return (channels + 63) // 64
 
 
-def _last_mask(channels):
-    """Mask of the valid bits of the last word of a ``channels``-bit row (LSB-first)."""
-    nb = channels - 64 * (_words(channels) - 1)
-    return np.uint64(0xFFFFFFFFFFFFFFFF if nb == 64 else (1 << nb) - 1)
+#: largest grid dimension y/z; bigger extents are covered by grid-stride loops in the kernels
+_GRID_YZ = 65535
+
+
+def _check_index_range(**sizes):
+    """The kernels split some indices with ``uint32`` division and index in ``int64``:
+    refuse sizes of ``2**31`` or more (a clear ``ValueError`` instead of wrong addresses)."""
+    for name, value in sizes.items():
+        if value >= 2**31:
+            raise ValueError(f"adabin_np.cuda: {name} = {value} is too large for the CUDA "
+                             f"kernels (must be < 2**31); use device='cpu'")
 
 
 # ----------------------------------------------------------------------------------------------
@@ -163,61 +171,193 @@ def _weight_stats_device(cuda, k, w2_d):
     o_ = w2_d.shape[0]
     alpha_d = cuda.device_array(o_, dtype=np.float64)
     beta_d = cuda.device_array(o_, dtype=np.float64)
-    k.weight_stats[o_, _reduce_tpb(w2_d.shape[1], k.REDUCE_TPB)](w2_d, alpha_d, beta_d)
+    k.weight_stats[min(o_, _GRID_YZ), _reduce_tpb(w2_d.shape[1], k.REDUCE_TPB)](
+        w2_d, alpha_d, beta_d)
     return alpha_d, beta_d
 
 
 def _pack_activations_device(cuda, k, x_d, alpha_d, beta_d, groups):
     """Packed activation bits ``(N, H, W, groups*WG)`` of the NCHW device array ``x_d``."""
     n_, c_, h_, w_ = x_d.shape
-    words = groups * _words(c_ // groups)
-    out = cuda.device_array((n_, h_, w_, words), dtype=np.uint64)
-    total = n_ * h_ * w_ * words
-    tpb = _flat_tpb(total, k.ELEMENTWISE_TPB)
-    k.pack_activations[_blocks(total, tpb), tpb](x_d, alpha_d, beta_d, groups, out)
+    _check_index_range(**{"H*W": h_ * w_, "N*groups": n_ * groups})
+    wg = _words(c_ // groups)
+    out = cuda.device_array((n_, h_, w_, groups * wg), dtype=np.uint64)
+    tpb = _flat_tpb(h_ * w_, k.ELEMENTWISE_TPB)
+    grid = (_blocks(h_ * w_, tpb), wg, min(n_ * groups, _GRID_YZ))
+    k.pack_activations[grid, tpb](x_d, alpha_d, beta_d, groups, out)
     return out
 
 
 def _pack_weights_device(cuda, k, w_d, alpha_d, beta_d):
     """Packed weight bits ``(O, kh*kw*WG)`` of the OIHW device array ``w_d``."""
     o_, cg, kh, kw = w_d.shape
-    row = kh * kw * _words(cg)
-    out = cuda.device_array((o_, row), dtype=np.uint64)
-    total = o_ * row
-    tpb = _flat_tpb(total, k.ELEMENTWISE_TPB)
-    k.pack_weights[_blocks(total, tpb), tpb](w_d, alpha_d, beta_d, out)
+    _check_index_range(**{"kh*kw": kh * kw})
+    wg = _words(cg)
+    out = cuda.device_array((o_, kh * kw * wg), dtype=np.uint64)
+    tpb = _flat_tpb(kh * kw, k.ELEMENTWISE_TPB)
+    k.pack_weights[(_blocks(kh * kw, tpb), wg, min(o_, _GRID_YZ)), tpb](w_d, alpha_d, beta_d,
+                                                                         out)
     return out
+
+
+#: blocks a convolution launch should have at least: 4 per SM of a 132-SM H100/H200, so that
+#: every SM holds several blocks even at batch 1 (ResNet-18's 512-channel 7x7 layer included)
+TARGET_BLOCKS = 4 * 132
+#: dynamic shared memory a convolution block may request (the default 48 KiB limit)
+_MAX_SHARED_BYTES = 48 * 1024
+#: registers per thread the convolution kernels are built to stay within (the ptx_report test
+#: asserts it): 64 registers let 32 warps (50% of sm_90's 64) be resident
+CONV_REGISTER_BUDGET = 64
+
+
+def theoretical_occupancy(threads, registers, shared_bytes, *, sm=(9, 0)):
+    """Resident warps / 64 on an sm_90 SM for a block of ``threads`` threads using
+    ``registers`` per thread and ``shared_bytes`` of shared memory (CUDA occupancy rules:
+    64 warps, 32 blocks, 65536 registers allocated per warp in units of 256, 228 KiB of shared
+    memory with 1 KiB reserved per block, in units of 128 bytes). ``sm`` other than (9, 0)
+    is a ``ValueError`` (the only limits encoded here)."""
+    if tuple(sm) != (9, 0):
+        raise ValueError(f"sm: only (9, 0) limits are encoded, got {sm!r}")
+    warps = max(1, -(-int(threads) // 32))
+    regs_per_warp = -(-max(1, int(registers)) * 32 // 256) * 256
+    by_regs = (65536 // regs_per_warp) // warps
+    smem = -(-(int(shared_bytes) + 1024) // 128) * 128
+    by_smem = (228 * 1024) // smem
+    blocks = min(32, by_regs, by_smem, 64 // warps)
+    return blocks * warps / 64
+
+
+class ConvGeometry(NamedTuple):
+    """Launch shape of a packed convolution: block ``(pix, ot)`` threads, ``otile`` filters
+    per thread (``slots = ot*otile`` per block), ``tiles`` (first channel, count, group) rows,
+    ``grid`` and ``shared_bytes`` (dynamic)."""
+
+    pix: int
+    ot: int
+    otile: int
+    tiles: np.ndarray
+    grid: tuple
+    shared_bytes: int
+
+
+def _filter_tiles(og, groups, slots):
+    """``int64 (T, 3)``: (first output channel, filters, group) of each tile of ``slots``
+    filters; tiles never cross a group."""
+    rows = []
+    for g in range(groups):
+        for start in range(0, og, slots):
+            rows.append((g * og + start, min(slots, og - start), g))
+    return np.asarray(rows, dtype=np.int64).reshape(-1, 3)
+
+
+def conv_geometry(batch, out_pixels, og, groups, taps, words_per_tap, per_channel):
+    """Pick the block shape of a packed convolution (a pure function of the layer).
+
+    Candidates: 64- or 32-thread blocks of ``pix`` pixels x ``ot`` filter rows, ``otile`` in
+    4, 2, 1 filters per thread (only 1 for the per-channel kernel). Preferred, in order: at
+    least :data:`TARGET_BLOCKS` blocks (parallelism at batch 1), at least 50% theoretical
+    occupancy on sm_90 with :data:`CONV_REGISTER_BUDGET` registers, at least 70% of the thread
+    slots doing useful work, the larger ``otile`` (each activation word reused by more filters),
+    the higher useful fraction, the larger block. Shared memory per block:
+    ``slots*taps*(words_per_tap + 1)`` words (scalar kernel: filters + per-tap weight popcounts)
+    or ``slots*taps*words_per_tap`` (per-channel); candidates over 48 KiB are dropped.
+    """
+    row = taps * words_per_tap
+    useful_total = batch * out_pixels * og * groups
+    z = min(batch, _GRID_YZ)
+    best = None
+    for otile in ((1,) if per_channel else (4, 2, 1)):
+        for threads in (64, 32):
+            for pix in (64, 32, 16, 8, 4, 2, 1):
+                if pix > threads:
+                    continue
+                ot = threads // pix
+                slots = ot * otile
+                words = slots * (row if per_channel else row + taps)
+                if words * 8 > _MAX_SHARED_BYTES:
+                    continue
+                n_tiles = groups * _blocks(og, slots)
+                blocks = _blocks(out_pixels, pix) * n_tiles * z
+                useful = useful_total / (blocks * threads * otile * (batch / z))
+                occ = theoretical_occupancy(threads, CONV_REGISTER_BUDGET, words * 8)
+                key = (blocks >= TARGET_BLOCKS, occ >= 0.5, useful >= 0.7, otile, useful,
+                       threads)
+                if best is None or key > best[0]:
+                    best = (key, pix, ot, otile, slots, n_tiles, blocks, words)
+    if best is None:
+        raise ValueError(
+            f"w: one packed filter needs {row * 8} bytes of shared memory (kh*kw*ceil(Cg/64) = "
+            f"{row} words), more than the {_MAX_SHARED_BYTES} available to the CUDA kernel")
+    _, pix, ot, otile, slots, n_tiles, _, words = best
+    if n_tiles > _GRID_YZ:
+        raise ValueError(f"adabin_np.cuda: {n_tiles} filter tiles exceed the CUDA grid limit "
+                         f"{_GRID_YZ}; use device='cpu'")
+    grid = (_blocks(out_pixels, pix), n_tiles, z)
+    return ConvGeometry(pix, ot, otile, _filter_tiles(og, groups, slots), grid, words * 8)
+
+
+def _segments(d_a, c_a, groups):
+    """Per-channel activation levels as segments (runs of equal ``(d_a, c_a)`` inside one
+    packed word of one group): ``(g_seg, seg_q, seg_mask, seg_da, seg_ca)`` for
+    :func:`~adabin_np.cuda.kernels.packed_conv_perchannel`."""
+    cg = d_a.shape[0] // groups
+    g_seg = [0]
+    seg_q, seg_mask, seg_da, seg_ca = [], [], [], []
+    for g in range(groups):
+        for q in range(_words(cg)):
+            lo = g * cg + 64 * q
+            hi = min(lo + 64, (g + 1) * cg)
+            start = lo
+            for c in range(lo + 1, hi + 1):
+                if c == hi or d_a[c] != d_a[start] or c_a[c] != c_a[start]:
+                    nb = c - start
+                    mask = ((1 << nb) - 1) << (start - lo)
+                    seg_q.append(q)
+                    seg_mask.append(mask)
+                    seg_da.append(d_a[start])
+                    seg_ca.append(c_a[start])
+                    start = c
+        g_seg.append(len(seg_q))
+    return (np.asarray(g_seg, dtype=np.int64), np.asarray(seg_q, dtype=np.int64),
+            np.asarray(seg_mask, dtype=np.uint64), np.asarray(seg_da, dtype=np.float64),
+            np.asarray(seg_ca, dtype=np.float64))
 
 
 def _conv_launch(cuda, k, xbits_d, wbits_d, dw_d, cw_d, d_a, c_a, per_channel, cg, kh, kw,
                  params, y_d):
     """Launch the packed convolution into ``y_d`` ``(N, O, OH, OW)`` (device).
 
-    ``d_a``/``c_a``: ``(groups,)`` device arrays (popcount kernel, one set per group) or
-    ``(C,)`` device arrays (``per_channel=True``: per-channel kernel).
+    ``d_a``/``c_a``: host ``(groups,)`` arrays (popcount kernel, one set per group) or ``(C,)``
+    arrays (``per_channel=True``: segmented kernel).
     """
     n_, o_, out_h, out_w = y_d.shape
     groups = params.groups
     og = o_ // groups
-    row = wbits_d.shape[1]
-    pixels = out_h * out_w
-    tpb = _flat_tpb(pixels, k.CONV_TPB)
+    wg = _words(cg)
+    _check_index_range(**{"out_h*out_w": out_h * out_w, "H*W": xbits_d.shape[1] *
+                          xbits_d.shape[2]})
     (sh, sw), (ph, pw), (dh, dw) = params.stride, params.padding, params.dilation
-    if row * 8 > _MAX_SHARED_BYTES:
-        raise ValueError(
-            f"w: one packed filter needs {row * 8} bytes of shared memory (kh*kw*ceil(Cg/64) = "
-            f"{row} words), more than the {_MAX_SHARED_BYTES} available to the CUDA kernel"
-        )
+    geo = conv_geometry(n_, out_h * out_w, og, groups, kh * kw, wg, per_channel)
+    tiles_d = cuda.to_device(geo.tiles)
+    block = (geo.pix, geo.ot)
+    _, h_, w_, words = xbits_d.shape
     if per_channel:
-        grid = (_blocks(pixels, tpb), o_, n_)
-        k.packed_conv_perchannel[grid, tpb, 0, row * 8](
-            xbits_d, wbits_d, dw_d, cw_d, d_a, c_a, cg, kh, kw, sh, sw, ph, pw, dh, dw, y_d)
+        segs = [cuda.to_device(a) for a in _segments(d_a, c_a, groups)]
     else:
-        otile = min(k.CONV_OTILE, og, _MAX_SHARED_BYTES // (row * 8))
-        grid = (_blocks(pixels, tpb), groups * _blocks(og, otile), n_)
-        k.packed_conv_scalar[grid, tpb, 0, otile * row * 8](
-            xbits_d, wbits_d, dw_d, cw_d, d_a, c_a, cg, kh, kw, sh, sw, ph, pw, dh, dw,
-            _last_mask(cg), otile, y_d)
+        d_a_d, c_a_d = cuda.to_device(d_a), cuda.to_device(c_a)
+    for n0 in range(0, n_, _GRID_YZ):  # the grid's z extent is the batch: chunks of 65535
+        n1 = min(n_, n0 + _GRID_YZ)
+        grid = (geo.grid[0], geo.grid[1], n1 - n0)
+        xflat = xbits_d[n0:n1].reshape(-1)
+        y_part = y_d[n0:n1]
+        if per_channel:
+            k.packed_conv_perchannel[grid, block, 0, geo.shared_bytes](
+                xflat, wbits_d, tiles_d, dw_d, cw_d, *segs, h_, w_, words, wg, kh, kw, sh, sw,
+                ph, pw, dh, dw, y_part)
+        else:
+            k.packed_conv_scalar[grid, block, 0, geo.shared_bytes](
+                xflat, wbits_d, tiles_d, dw_d, cw_d, d_a_d, c_a_d, h_, w_, words, wg, cg, kh,
+                kw, sh, sw, ph, pw, dh, dw, geo.otile, y_part)
     return y_d
 
 
@@ -225,7 +365,7 @@ def _activation_levels(alpha_c, beta_c, groups, official):
     """Packed-path levels ``c_a +- d_a`` per channel: paper ``(beta, alpha)``, official
     ``(alpha*beta, alpha)``. Returns ``(d_a, c_a, per_group)``: ``(groups,)`` arrays when the
     levels are constant within every group (popcount kernel), else ``(C,)`` arrays and
-    ``per_group=False`` (per-channel kernel)."""
+    ``per_group=False`` (segmented kernel)."""
     d_a = np.ascontiguousarray(alpha_c, dtype=np.float64)
     c_a = np.ascontiguousarray(alpha_c * beta_c if official else beta_c, dtype=np.float64)
     d2 = d_a.reshape(groups, -1)
@@ -246,8 +386,8 @@ def _packed_conv_device(cuda, k, x_d, w_d, alpha_c, beta_c, params, official):
     wbits = _pack_weights_device(cuda, k, w_d, alpha_w, beta_w)
     d_a, c_a, per_group = _activation_levels(alpha_c, beta_c, params.groups, official)
     y_d = cuda.device_array((n_, o_, params.out_h, params.out_w), dtype=np.float64)
-    return _conv_launch(cuda, k, xbits, wbits, alpha_w, beta_w, cuda.to_device(d_a),
-                        cuda.to_device(c_a), not per_group, cg, kh, kw, params, y_d)
+    return _conv_launch(cuda, k, xbits, wbits, alpha_w, beta_w, d_a, c_a, not per_group, cg,
+                        kh, kw, params, y_d)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -260,22 +400,23 @@ def binarize_activations_cuda(x, alpha, beta, *, convention="paper"):
     :math:`\alpha s + \beta` (``s(0) = +1``), official :math:`\alpha (s + \beta)` (``s(0) = 0``).
 
     ``alpha``/``beta`` scalars or ``(C,)`` arrays along axis 1. Same validation and errors as
-    the CPU function. Kernel: :func:`~adabin_np.kernels_cuda.act_forward` (one thread per
-    element, 1-D grid). Returns float64 of ``x``'s shape.
+    the CPU function. Kernel: :func:`~adabin_np.cuda.kernels.act_forward` (one thread per
+    position ``s``, grid over ``(s, c, n)``). Returns float64 of ``x``'s shape.
     """
-    from .binarize import _activations_3d
+    from ..binarize import _activations_3d
 
     official = check_convention(convention) == "official"
     x, x3, alpha_c, beta_c, _ = _activations_3d(x, alpha, beta)
     cuda, k = _require_cuda()
     if x3.size == 0:
         return np.empty(x.shape)
-    x_d = cuda.to_device(x3.ravel())
-    out_d = cuda.device_array(x3.size, dtype=np.float64)
-    tpb = _flat_tpb(x3.size, k.ELEMENTWISE_TPB)
-    k.act_forward[_blocks(x3.size, tpb), tpb](x_d, cuda.to_device(alpha_c),
-                                             cuda.to_device(beta_c), official, x3.shape[2],
-                                             out_d)
+    n_, c_, s_ = x3.shape
+    x_d = cuda.to_device(np.ascontiguousarray(x3))
+    out_d = cuda.device_array(x3.shape, dtype=np.float64)
+    tpb = _flat_tpb(s_, k.ELEMENTWISE_TPB)
+    grid = (_blocks(s_, tpb), min(c_, _GRID_YZ), min(n_, _GRID_YZ))
+    k.act_forward[grid, tpb](x_d, cuda.to_device(alpha_c), cuda.to_device(beta_c), official,
+                             out_d)
     return out_d.copy_to_host().reshape(x.shape)
 
 
@@ -284,12 +425,12 @@ def binarize_activations_grad_cuda(x, alpha, beta, grad, *, convention="paper"):
 
     ``G = g*max(0, 2 - 2|v|)``; ``dx = G``; paper ``dalpha = sum(g*s) - sum(G*v)``,
     ``dbeta = sum(g) - sum(G)``; official ``dalpha = sum(g*(s + beta)) - sum(G*v)``,
-    ``dbeta = alpha*sum(g) - sum(G)``. Kernel :func:`~adabin_np.kernels_cuda.act_backward`
+    ``dbeta = alpha*sum(g) - sum(G)``. Kernel :func:`~adabin_np.cuda.kernels.act_backward`
     produces per-(channel, block) partials, summed here in a fixed order (deterministic, no
     atomics). Scalar parameters get float gradients, ``(C,)`` parameters ``(C,)`` arrays.
     Returns :class:`~adabin_np.binarize.ActivationGrad`.
     """
-    from .binarize import _activations_3d, _combine_activation_grads
+    from ..binarize import _activations_3d, _combine_activation_grads
 
     official = check_convention(convention) == "official"
     x, x3, alpha_c, beta_c, per_channel = _activations_3d(x, alpha, beta)
@@ -303,14 +444,15 @@ def binarize_activations_grad_cuda(x, alpha, beta, grad, *, convention="paper"):
         zeros = np.zeros(c_)
         return _combine_activation_grads(np.zeros(x.shape), alpha_c, zeros, zeros, zeros, zeros,
                                          per_channel, official)
-    chunks = min(_blocks(m, 4 * k.REDUCE_TPB), 1024)
-    tpb = _reduce_tpb(_blocks(m, chunks), k.REDUCE_TPB)
-    x_d = cuda.to_device(x3)
-    g_d = cuda.to_device(g.reshape(x3.shape))
+    tpb = _reduce_tpb(s_, k.REDUCE_TPB)
+    ks = min(_blocks(s_, 4 * tpb), 1024)
+    kn = min(n_, max(1, 1024 // ks))
+    x_d = cuda.to_device(np.ascontiguousarray(x3))
+    g_d = cuda.to_device(np.ascontiguousarray(g.reshape(x3.shape)))
     dx_d = cuda.device_array(x3.shape, dtype=np.float64)
-    part_d = cuda.device_array((4, c_, chunks), dtype=np.float64)
-    k.act_backward[(chunks, c_), tpb](x_d, g_d, cuda.to_device(alpha_c), cuda.to_device(beta_c),
-                                      official, dx_d, part_d)
+    part_d = cuda.device_array((4, c_, ks * kn), dtype=np.float64)
+    k.act_backward[(ks, kn, min(c_, _GRID_YZ)), tpb](
+        x_d, g_d, cuda.to_device(alpha_c), cuda.to_device(beta_c), official, dx_d, part_d)
     sums = part_d.copy_to_host().sum(axis=2)
     dx = dx_d.copy_to_host().reshape(x.shape)
     return _combine_activation_grads(dx, alpha_c, sums[0], sums[1], sums[2], sums[3],
@@ -325,10 +467,10 @@ def binarize_activations_grad_cuda(x, alpha, beta, grad, *, convention="paper"):
 def weight_binary_set_cuda(w):
     r"""CUDA :func:`adabin_np.weight_binary_set`: per output channel ``beta_w = mean``,
     ``alpha_w = `` population std; an all-equal channel gets ``alpha_w = 0`` and ``beta_w`` =
-    its value exactly. Kernel :func:`~adabin_np.kernels_cuda.weight_stats` (one block per
+    its value exactly. Kernel :func:`~adabin_np.cuda.kernels.weight_stats` (one block per
     output channel, shared-memory tree sums). Returns ``(alpha, beta)``, each ``(O,)``.
     """
-    from .binarize import _weights_2d
+    from ..binarize import _weights_2d
 
     _, w2 = _weights_2d(w)
     cuda, k = _require_cuda()
@@ -340,20 +482,20 @@ def binarize_weights_cuda(w, *, convention="paper"):
     r"""CUDA :func:`adabin_np.binarize_weights`: :math:`W_b = \alpha_w \mathrm{sign}(u) + \beta_w`,
     :math:`u = (W - \beta_w)/\alpha_w` per output channel; ``sign(0)`` is +1 (paper) or 0
     (official); a constant filter gives ``W_b = beta_w``. Kernels
-    :func:`~adabin_np.kernels_cuda.weight_stats` then
-    :func:`~adabin_np.kernels_cuda.weight_forward` (element-wise). Float64, ``w``'s shape.
+    :func:`~adabin_np.cuda.kernels.weight_stats` then
+    :func:`~adabin_np.cuda.kernels.weight_forward` (element-wise). Float64, ``w``'s shape.
     """
-    from .binarize import _weights_2d
+    from ..binarize import _weights_2d
 
     official = check_convention(convention) == "official"
     w, w2 = _weights_2d(w)
     cuda, k = _require_cuda()
     w2_d = cuda.to_device(w2)
     alpha_d, beta_d = _weight_stats_device(cuda, k, w2_d)
-    out_d = cuda.device_array(w2.size, dtype=np.float64)
-    tpb = _flat_tpb(w2.size, k.ELEMENTWISE_TPB)
-    k.weight_forward[_blocks(w2.size, tpb), tpb](w2_d.reshape(w2.size), alpha_d, beta_d,
-                                                official, out_d)
+    out_d = cuda.device_array(w2.shape, dtype=np.float64)
+    tpb = _flat_tpb(w2.shape[1], k.ELEMENTWISE_TPB)
+    grid = (_blocks(w2.shape[1], tpb), min(w2.shape[0], _GRID_YZ))
+    k.weight_forward[grid, tpb](w2_d, alpha_d, beta_d, official, out_d)
     return out_d.copy_to_host().reshape(w.shape)
 
 
@@ -363,9 +505,9 @@ def binarize_weights_grad_cuda(w, grad, *, k=10.0, t=0.1, convention="paper"):
     Per output channel with ``n`` elements, ``G_u = g*alpha_w*k*t*(1 - tanh(t*u)^2)``,
     ``dalpha = sum(g*s) - sum(G_u*u)/alpha_w``, ``dbeta = sum(g) - sum(G_u)/alpha_w``,
     ``dW_j = G_u_j/alpha_w + dbeta/n + u_j*dalpha/n``; constant filter: ``dW_j = sum(g)/n``.
-    Kernel :func:`~adabin_np.kernels_cuda.weight_backward` (one block per output channel).
+    Kernel :func:`~adabin_np.cuda.kernels.weight_backward` (one block per output channel).
     """
-    from .binarize import _weights_2d
+    from ..binarize import _weights_2d
 
     official = check_convention(convention) == "official"
     k_ = check_finite_scalar(k, "k")
@@ -378,7 +520,7 @@ def binarize_weights_grad_cuda(w, grad, *, k=10.0, t=0.1, convention="paper"):
     w2_d = cuda.to_device(w2)
     alpha_d, beta_d = _weight_stats_device(cuda, kern, w2_d)
     dw_d = cuda.device_array(w2.shape, dtype=np.float64)
-    kern.weight_backward[w2.shape[0], _reduce_tpb(w2.shape[1], kern.REDUCE_TPB)](
+    kern.weight_backward[min(w2.shape[0], _GRID_YZ), _reduce_tpb(w2.shape[1], kern.REDUCE_TPB)](
         w2_d, cuda.to_device(g.reshape(w2.shape)), alpha_d, beta_d, k_, t_, official, dw_d)
     return dw_d.copy_to_host().reshape(w.shape)
 
@@ -411,7 +553,7 @@ def pack_bits_cuda(x, alpha=1.0, beta=0.0, *, groups=1):
 
     Returns ``uint64`` of shape ``(N, H, W, groups*ceil(Cg/64))`` with ``Cg = C/groups``
     (``groups == 1``: ``(N, H, W, ceil(C/64))``). Kernel
-    :func:`~adabin_np.kernels_cuda.pack_activations`.
+    :func:`~adabin_np.cuda.kernels.pack_activations`.
     """
     x = as_float_array(x, "x", ndim=4)
     alpha_c, beta_c, _ = activation_params(alpha, beta, x.shape[1])
@@ -431,7 +573,7 @@ def pack_weight_bits_cuda(w):
     Bit ``b`` of word ``q`` at ``(o, ki, kj)`` is 1 iff ``u >= 0`` for input channel
     ``64*q + b`` (a constant filter, ``alpha_w = 0``, packs as all ones). Returns ``uint64``
     of shape ``(O, kh, kw, ceil(Cg/64))``, tail bits 0. Kernels
-    :func:`~adabin_np.kernels_cuda.weight_stats`, :func:`~adabin_np.kernels_cuda.pack_weights`.
+    :func:`~adabin_np.cuda.kernels.weight_stats`, :func:`~adabin_np.cuda.kernels.pack_weights`.
     """
     w = as_float_array(w, "w", ndim=4)
     if 0 in w.shape:
@@ -470,9 +612,9 @@ def packed_adabin_conv2d_cuda(x, w, alpha_c, beta_c, params, official):
 
     Padded taps contribute 0. When ``(d_a, c_a)`` is constant within each group (in particular
     for a scalar ``alpha``, ``beta``) this word-wide popcount form runs
-    (:func:`~adabin_np.kernels_cuda.packed_conv_scalar`); otherwise the same expansion is
+    (:func:`~adabin_np.cuda.kernels.packed_conv_scalar`); otherwise the same expansion is
     taken per input channel with exact integer per-channel counts
-    (:func:`~adabin_np.kernels_cuda.packed_conv_perchannel`). Steps on the device: weight
+    (:func:`~adabin_np.cuda.kernels.packed_conv_perchannel`). Steps on the device: weight
     sets, packing of activations and weights, convolution; one copy in per input, one copy out.
 
     Returns float64 ``(N, O, out_h, out_w)`` (NCHW).

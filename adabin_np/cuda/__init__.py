@@ -1,0 +1,53 @@
+r"""CUDA target of adabin-np (``numba.cuda``), in three files by job:
+
+* :mod:`adabin_np.cuda.host` -- the public entry points (validation, transfers, launch
+  geometry): same semantics, validation and errors as the CPU functions;
+* :mod:`adabin_np.cuda.kernels` -- the ``@cuda.jit`` kernels (imported lazily: importing
+  :mod:`adabin_np.cuda` never imports :mod:`numba.cuda`);
+* :mod:`adabin_np.cuda.report` -- :func:`ptx_report`: compiles every kernel for a real GPU
+  (``sm_90`` by default) with the signatures the launchers use and reads ``ptxas -v``
+  (registers, stack, spills, local-memory ops, ``popc`` count), no GPU needed.
+
+Entry points: :func:`is_available`, :func:`is_simulator`, :func:`binarize_activations_cuda`,
+:func:`binarize_activations_grad_cuda`, :func:`weight_binary_set_cuda`,
+:func:`binarize_weights_cuda`, :func:`binarize_weights_grad_cuda`, :func:`pack_bits_cuda`,
+:func:`pack_weight_bits_cuda`, :func:`packed_adabin_conv2d_cuda` (behind
+``packed_adabin_conv2d(..., device="cuda")``), :func:`ptx_report`.
+"""
+
+from __future__ import annotations
+
+from .host import (
+    TARGET_BLOCKS,
+    binarize_activations_cuda,
+    binarize_activations_grad_cuda,
+    binarize_weights_cuda,
+    binarize_weights_grad_cuda,
+    conv_geometry,
+    is_available,
+    is_simulator,
+    pack_bits_cuda,
+    pack_weight_bits_cuda,
+    packed_adabin_conv2d_cuda,
+    theoretical_occupancy,
+    weight_binary_set_cuda,
+)
+from .report import kernel_signatures, ptx_report
+
+__all__ = [
+    "is_available",
+    "is_simulator",
+    "binarize_activations_cuda",
+    "binarize_activations_grad_cuda",
+    "weight_binary_set_cuda",
+    "binarize_weights_cuda",
+    "binarize_weights_grad_cuda",
+    "pack_bits_cuda",
+    "pack_weight_bits_cuda",
+    "packed_adabin_conv2d_cuda",
+    "ptx_report",
+    "kernel_signatures",
+    "conv_geometry",
+    "theoretical_occupancy",
+    "TARGET_BLOCKS",
+]
