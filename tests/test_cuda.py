@@ -558,3 +558,150 @@ def test_packed_conv_random_geometry(data):
     np.testing.assert_allclose(y, ref, rtol=RTOL,
                                atol=RTOL * _conv_scale(x, w, alpha, beta, convention))
 
+
+
+def test_segments_cover_each_channel_once():
+    """Per-channel levels -> runs of equal (d_a, c_a) inside each word of each group."""
+    from adabin_np.cuda import host
+
+    d_a = np.array([1.0] * 5 + [2.0] * 62 + [1.0] * 3 + [3.0] * 4 + [3.0] * 6)   # C = 80
+    c_a = np.zeros(80)
+    c_a[70:] = 0.5
+    for groups in (1, 2):
+        g_seg, seg_q, seg_mask, seg_da, seg_ca = host._segments(d_a, c_a, groups)
+        cg = 80 // groups
+        assert g_seg[0] == 0 and g_seg[-1] == seg_q.size and np.all(np.diff(g_seg) > 0)
+        for g in range(groups):
+            seen = np.zeros(cg, dtype=int)
+            for s in range(g_seg[g], g_seg[g + 1]):
+                bits = [b for b in range(64) if (int(seg_mask[s]) >> b) & 1]
+                assert bits == list(range(bits[0], bits[-1] + 1))    # one contiguous run
+                chans = g * cg + 64 * int(seg_q[s]) + np.array(bits)
+                assert np.all(d_a[chans] == seg_da[s]) and np.all(c_a[chans] == seg_ca[s])
+                seen[chans - g * cg] += 1
+            np.testing.assert_array_equal(seen, 1)
+    # a scalar-per-group set is one segment per word
+    g_seg, seg_q, seg_mask, _, _ = host._segments(np.ones(130), np.zeros(130), 1)
+    assert seg_q.tolist() == [0, 1, 2]
+    assert [int(m) for m in seg_mask] == [2**64 - 1, 2**64 - 1, 3]
+
+
+@needs_cuda
+@pytest.mark.parametrize("convention", CONVENTIONS)
+def test_packed_conv_segment_runs(convention):
+    """Per-channel sets with runs of equal levels (segments of several channels, one run
+    crossing the 64-bit word boundary) and a tile of 5 filters: exact formula, float path."""
+    rng = np.random.default_rng(17)
+    c = 70
+    x = _with_ties(rng.standard_normal((2, c, 4, 3)), 0.0)
+    w = rng.standard_normal((5, c, 3, 3))
+    run = np.repeat(np.arange(7), 10)                      # runs of 10: 60..69 crosses 64
+    alpha = np.array([0.7, -0.9, 1.1, 0.5, -0.6, 0.8, 1.3])[run]
+    beta = np.array([0.0, 0.1, -0.2, 0.3, 0.0, -0.1, 0.05])[run]
+    opts = dict(stride=1, padding=1)
+    a_c, b_c, _ = activation_params(alpha, beta, c)
+    y = C.packed_adabin_conv2d_cuda(x, w, a_c, b_c, conv_params(x.shape, w.shape, 1, 1, 1, 1),
+                                    convention == "official")
+    ref = spec.packed_conv_formula(x, w, alpha, beta, convention=convention, **opts)
+    atol = RTOL * _conv_scale(x, w, alpha, beta, convention)
+    np.testing.assert_allclose(y, ref, rtol=RTOL, atol=atol)
+
+
+@needs_cuda
+def test_grid_limits_by_strides_and_chunks(monkeypatch):
+    """Grid extents capped at 1 (as 65535 caps them on a GPU): every kernel's grid-stride
+    loop and the convolution's batch chunks must still cover everything."""
+    from adabin_np.cuda import host
+
+    monkeypatch.setattr(host, "_GRID_YZ", 1)
+    rng = np.random.default_rng(23)
+    x = rng.standard_normal((2, 3, 2, 3))
+    g = rng.standard_normal(x.shape)
+    alpha, beta = np.array([0.8, -0.7, 1.2]), np.array([0.1, 0.0, -0.3])
+    for conv in CONVENTIONS:
+        np.testing.assert_array_equal(C.binarize_activations_cuda(x, alpha, beta,
+                                                                  convention=conv),
+                                      ab.binarize_activations(x, alpha, beta, convention=conv))
+        got = C.binarize_activations_grad_cuda(x, alpha, beta, g, convention=conv)
+        cpu = ab.binarize_activations_grad(x, alpha, beta, g, convention=conv)
+        np.testing.assert_array_equal(got.dx, cpu.dx)
+        np.testing.assert_allclose(got.dalpha, cpu.dalpha, rtol=RTOL, atol=1e-13)
+        np.testing.assert_allclose(got.dbeta, cpu.dbeta, rtol=RTOL, atol=1e-13)
+    w = _weights(rng, (3, 2, 2, 2))
+    gw = rng.standard_normal(w.shape)
+    np.testing.assert_allclose(C.weight_binary_set_cuda(w), ab.weight_binary_set(w),
+                               rtol=1e-14, atol=1e-16)
+    np.testing.assert_allclose(C.binarize_weights_cuda(w), ab.binarize_weights(w), rtol=1e-14,
+                               atol=1e-16)
+    np.testing.assert_allclose(C.binarize_weights_grad_cuda(w, gw),
+                               ab.binarize_weights_grad(w, gw), rtol=1e-11, atol=1e-13)
+    assert C.pack_weight_bits_cuda(w).shape == (3, 2, 2, 1)
+    xb = rng.standard_normal((2, 4, 2, 2))
+    bits = C.pack_bits_cuda(xb, groups=2)
+    expected = _np_pack(np.moveaxis(xb >= 0, 1, -1).reshape(2, 2, 2, 2, 2)).reshape(2, 2, 2, 2)
+    np.testing.assert_array_equal(bits, expected)
+    for kind in ("scalar", "per_channel"):
+        xa = rng.standard_normal((3, 4, 3, 3))
+        wa = rng.standard_normal((4, 2, 3, 3))
+        al, be = _act_params(kind, 4, rng)
+        a_c, b_c, _ = activation_params(al, be, 4)
+        p = conv_params(xa.shape, wa.shape, 1, 1, 1, 2)
+        y = C.packed_adabin_conv2d_cuda(xa, wa, a_c, b_c, p, False)
+        ref = spec.packed_conv_formula(xa, wa, al, be, padding=1, groups=2)
+        np.testing.assert_allclose(y, ref, rtol=RTOL,
+                                   atol=RTOL * _conv_scale(xa, wa, al, be, "paper"))
+
+
+def test_too_large_sizes_refused():
+    from adabin_np.cuda import host
+
+    with pytest.raises(ValueError, match="too large"):
+        host._check_index_range(**{"H*W": 2**31})
+    host._check_index_range(**{"H*W": 2**31 - 1})
+
+
+# ----------------------------------------------------------------------------------------------
+# the same cases on a real GPU
+# ----------------------------------------------------------------------------------------------
+
+
+def _real_gpu_present():
+    code = ("from numba import cuda\ntry:\n    print(bool(cuda.is_available()))\n"
+            "except Exception:\n    print(False)\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=_env_without_sim(),
+                          capture_output=True, text=True, timeout=300)
+    return proc.returncode == 0 and proc.stdout.strip().endswith("True")
+
+
+def test_same_cases_on_real_gpu():
+    """When a CUDA GPU is present, run this whole file again on it (no simulator):
+    ``ADABIN_CUDA_TESTS_ON_GPU=1`` in a fresh interpreter."""
+    if _ON_GPU:
+        pytest.skip("this process already runs the cases on the GPU")
+    if not _real_gpu_present():
+        pytest.skip("no CUDA GPU: the simulator run above is the correctness gate")
+    env = _env_without_sim()
+    env["ADABIN_CUDA_TESTS_ON_GPU"] = "1"
+    proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
+                           str(Path(__file__).resolve())], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
+
+
+@pytest.mark.skipif(not (_ON_GPU and IN_PROCESS), reason="needs ADABIN_CUDA_TESTS_ON_GPU=1 "
+                    "and a CUDA GPU")
+def test_launched_signatures_are_the_reported_ones():
+    """On a GPU, after the cases above ran: every signature the launchers compiled is the one
+    ptx_report compiles (so the report describes the code that actually runs)."""
+    from adabin_np.cuda import kernels as K
+
+    run_all = [test_packed_conv_segment_runs, test_packed_conv_integer_exact]
+    for fn in run_all:
+        fn("paper") if fn is test_packed_conv_segment_runs else fn()
+    expected = C.kernel_signatures()
+    for name, sig in expected.items():
+        compiled = [tuple(s) for s in getattr(K, name).overloads]
+        for s in compiled:
+            assert s == tuple(sig), (name, s, sig)
+    assert getattr(K, "packed_conv_scalar").overloads
+    assert getattr(K, "packed_conv_perchannel").overloads

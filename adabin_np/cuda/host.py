@@ -149,7 +149,10 @@ def _words(channels):
 
 
 #: largest grid dimension y/z; bigger extents are covered by grid-stride loops in the kernels
+#: (and by batch chunks for the convolutions)
 _GRID_YZ = 65535
+#: the hardware limit of gridDim.y, for the convolutions' filter-tile axis (no stride loop)
+_GRID_Y_LIMIT = 65535
 
 
 def _check_index_range(**sizes):
@@ -289,9 +292,9 @@ def conv_geometry(batch, out_pixels, og, groups, taps, words_per_tap, per_channe
             f"w: one packed filter needs {row * 8} bytes of shared memory (kh*kw*ceil(Cg/64) = "
             f"{row} words), more than the {_MAX_SHARED_BYTES} available to the CUDA kernel")
     _, pix, ot, otile, slots, n_tiles, _, words = best
-    if n_tiles > _GRID_YZ:
+    if n_tiles > _GRID_Y_LIMIT:
         raise ValueError(f"adabin_np.cuda: {n_tiles} filter tiles exceed the CUDA grid limit "
-                         f"{_GRID_YZ}; use device='cpu'")
+                         f"{_GRID_Y_LIMIT}; use device='cpu'")
     grid = (_blocks(out_pixels, pix), n_tiles, z)
     return ConvGeometry(pix, ot, otile, _filter_tiles(og, groups, slots), grid, words * 8)
 
