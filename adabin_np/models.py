@@ -54,6 +54,7 @@ from .validation import CONVENTIONS, as_float_array, check_convention, check_fin
 __all__ = [
     "BinaryNet",
     "CifarResNet",
+    "DigitsCNN",
     "ImageNetResNet",
     "BasicBlockA",
     "BasicBlockB",
@@ -375,18 +376,26 @@ def resnet18_1w1a(convention="paper", *, head="release", seed=0) -> ImageNetResN
     return ImageNetResNet((2, 2, 2, 2), convention=convention, head=head, seed=seed)
 
 
-def digits_cnn(convention="paper", *, seed=0) -> CifarResNet:
+class DigitsCNN(CifarResNet):
     """Small AdaBin 1w1a ResNet for 8x8 digits (inputs ``(N, 1, 8, 8)``, 10 classes).
 
-    Same design as the release's ResNet-20: real-valued 3x3 stem (1 -> 16) with BatchNorm and
-    Maxout, then three stages of one BasicBlockA each (16 @ 8x8, 32 @ 4x4, 64 @ 2x2; six
-    binary 3x3 convolutions), global average pool, BatchNorm1d and a real linear classifier.
+    Same design as the release's ResNet-20 (:class:`CifarResNet` with one block per stage):
+    real-valued 3x3 stem (1 -> 16) with BatchNorm and Maxout, then three stages of one
+    BasicBlockA each (16 @ 8x8, 32 @ 4x4, 64 @ 2x2; six binary 3x3 convolutions), global
+    average pool, BatchNorm1d and a real linear classifier.
     """
-    return CifarResNet((1, 1, 1), (16, 32, 64), in_channels=1, num_classes=10,
-                       convention=convention, seed=seed)
+
+    def __init__(self, *, convention="paper", seed=0):
+        super().__init__((1, 1, 1), (16, 32, 64), in_channels=1, num_classes=10,
+                         convention=convention, seed=seed)
 
 
-def load_digits_model(path=None, *, convention=None) -> CifarResNet:
+def digits_cnn(convention="paper", *, seed=0) -> DigitsCNN:
+    """The digits model, :class:`DigitsCNN` (inputs ``(N, 1, 8, 8)``, 10 classes)."""
+    return DigitsCNN(convention=convention, seed=seed)
+
+
+def load_digits_model(path=None, *, convention=None) -> DigitsCNN:
     """The embedded, trained digits model (``adabin_np/data/digits_adabin.npz``), in eval mode.
 
     ``convention`` defaults to the one it was trained with (stored in the file). The file's

@@ -1,11 +1,11 @@
 """Training (issue 3): loss, optimizer and schedules against their PyTorch definitions, seeded
-determinism, and the ``adabin-np`` command line (train / analyze / bench) on a small split."""
+determinism. The ``adabin-np`` command line is tested in ``tests/test_cli.py``."""
 
 import numpy as np
 import pytest
 
 import adabin_np as ab
-from adabin_np import cli, data, models, train
+from adabin_np import data, models, train
 from adabin_np.layers import Linear, Sequential
 
 
@@ -105,73 +105,3 @@ def test_digits_split():
     np.testing.assert_array_equal(np.bincount(s.y_test), np.bincount(
         data.load_digits_split().y_test))  # same split every time
     assert np.bincount(s.y_test).min() >= 35  # stratified
-
-
-# ----------------------------------------------------------------------------------------------
-# command line
-# ----------------------------------------------------------------------------------------------
-
-
-@pytest.fixture
-def small_split(monkeypatch):
-    full = data.load_digits_split()
-    small = data.DigitsSplit(full.x_train[:64], full.y_train[:64], full.x_test[:40],
-                             full.y_test[:40])
-    monkeypatch.setattr(data, "load_digits_split", lambda **kw: small)
-    return small
-
-
-def test_cli_train_then_analyze(tmp_path, small_split, capsys):
-    out = tmp_path / "digits.npz"
-    assert cli.main(["train", "--epochs", "1", "--out", str(out), "--no-progress",
-                     "--convention", "official", "--seed", "5"]) == 0
-    text = capsys.readouterr().out
-    assert "test accuracy" in text and str(out) in text
-    m = models.load_digits_model(out)
-    assert m.convention == "official" and m.meta["epochs"] == 1 and m.meta["seed"] == 5
-    acc = train.evaluate(m, small_split.x_test, small_split.y_test)
-    assert abs(acc - m.meta["accuracy"]) < 1e-12
-
-    assert cli.main(["analyze", str(out), "--arch", "digits", "--no-progress"]) == 0
-    text = capsys.readouterr().out
-    assert "official convention" in text
-    for name, _ in m.binary_layers():
-        assert name in text
-    assert "accuracy (float path)" in text and "flip risk" in text
-    assert "accuracy (packed path)" in text and "predictions agree" in text
-
-
-def test_layer_report_fields(small_split):
-    m = models.digits_cnn().eval()
-    rows, lf, lp = cli.layer_report(m, small_split.x_test, batch_size=16,
-                                    packed=True)
-    assert [r["name"] for r in rows] == [n for n, _ in m.binary_layers()]
-    assert lf.shape == (40, 10)
-    for r in rows:
-        assert 0.0 <= r["flip_risk"] <= 1.0 and 0.0 <= r["upper"] <= 1.0
-        if lp is not None:
-            assert r["packed_maxdiff"] < 1e-12
-
-
-def test_cli_errors(capsys):
-    with pytest.raises(SystemExit):
-        cli.main(["analyze", "--bogus"])
-    with pytest.raises(SystemExit):
-        cli.main(["analyze", "--arch", "resnet20"])  # needs a checkpoint
-    with pytest.raises(SystemExit):
-        cli.main([])
-    capsys.readouterr()
-
-
-def test_cli_bench_is_delegated(monkeypatch, capsys):
-    import sys
-    import types
-
-    calls = {}
-    fake = types.ModuleType("adabin_np.bench")
-    fake.add_arguments = lambda p: p.add_argument("--size", type=int, default=1)
-    fake.run = lambda args: calls.setdefault("size", args.size) and 0
-    monkeypatch.setitem(sys.modules, "adabin_np.bench", fake)
-    monkeypatch.setattr(ab, "bench", fake, raising=False)
-    assert cli.main(["bench", "--size", "7"]) == 0
-    assert calls == {"size": 7}
