@@ -14,6 +14,7 @@ from typing import NamedTuple
 import numpy as np
 
 from . import kernels_cpu as _k
+from . import kernels_float as _kf
 from .binarize import _activations_3d, _combine_activation_grads, _weights_2d
 from .validation import (
     as_float_array,
@@ -49,14 +50,174 @@ def _conv(xb, wb, p):
                            p.dilation[0], p.dilation[1], p.groups, p.out_h, p.out_w)
 
 
+def _geom_args(w, p):
+    """Kernel geometry tuple (cg, kh, kw, sh, sw, ph, pw, dh, dw, out_h, out_w)."""
+    return (w.shape[1], w.shape[2], w.shape[3], p.stride[0], p.stride[1], p.padding[0],
+            p.padding[1], p.dilation[0], p.dilation[1], p.out_h, p.out_w)
+
+
 def _conv_backward(x, w, gy, p):
-    """dx, dw of the plain cross-correlation y = conv2d(x, w) (padded taps dropped)."""
+    r"""dx, dw of the plain cross-correlation y = conv2d(x, w) (padded taps dropped).
+
+    Per sample ``n`` and group ``g``, with ``col = im2col(x[n])`` (``P x K``, tap-major, zero
+    at padded taps) and ``G = g_y[n]`` viewed as ``O_g x P``:
+
+    .. math:: dW \mathrel{+}= G\,\mathrm{col}, \qquad
+              dx[n] = \mathrm{col2im}(G^\top W)
+
+    with the fixed-order blocked GEMM :func:`adabin_np.kernels_float.gemm_acc` (every element
+    of ``dW`` sums over ``(n, p)`` in ascending order, every element of ``G^T W`` over the
+    output channels in ascending order) and :func:`~adabin_np.kernels_float.col2im_add`
+    (taps in a fixed order). Bit-for-bit identical for any number of threads.
+    """
+    n_, c_, h_, w_ = x.shape
+    o_, cg, kh, kw = w.shape
+    groups = p.groups
+    og = o_ // groups
     sh, sw = p.stride
     ph, pw = p.padding
     dh, dw = p.dilation
-    dx = _k.conv_backward_input(gy, w, x.shape[2], x.shape[3], sh, sw, ph, pw, dh, dw, p.groups)
-    dwt = _k.conv_backward_weight(x, gy, w.shape[2], w.shape[3], sh, sw, ph, pw, dh, dw, p.groups)
-    return dx, dwt
+    taps = kh * kw
+    k_g = cg * taps
+    pix = p.out_h * p.out_w
+    # weights tap-major, channels contiguous: (G, O_g, taps*cg); g_y as (G, O_g, N*P)
+    wt = np.ascontiguousarray(w.reshape(o_, cg, taps).transpose(0, 2, 1)).reshape(groups, og,
+                                                                                   k_g)
+    gyt = np.ascontiguousarray(gy.reshape(n_, groups, og, pix).transpose(1, 2, 0, 3))
+    gyt = gyt.reshape(groups, og, n_ * pix)
+    dwt = np.zeros((groups, og, k_g))
+    dx = np.empty(x.shape)
+    chunk = max(1, min(n_, _BWD_CHUNK_ELEMENTS // max(1, groups * pix * k_g)))
+    hp, wp = h_ + 2 * ph, w_ + 2 * pw
+    xp_buf = np.zeros(chunk * hp * wp * c_)
+    dxp_buf = np.empty_like(xp_buf)
+    col_buf = np.empty(groups * chunk * pix * k_g)
+    dcol_buf = np.empty_like(col_buf)
+    geo = (cg, kh, kw, sh, sw, dh, dw, p.out_h, p.out_w)
+    for n0 in range(0, n_, chunk):
+        m = min(chunk, n_ - n0)
+        rows = m * pix
+        xp = xp_buf[:m * hp * wp * c_].reshape(m, hp, wp, c_)      # border stays zero
+        dxp = dxp_buf[:m * hp * wp * c_].reshape(m, hp, wp, c_)
+        col = col_buf[:groups * rows * k_g].reshape(groups, rows, k_g)
+        dcol = dcol_buf[:groups * rows * k_g].reshape(groups, rows, k_g)
+        gyc = gyt[:, :, n0 * pix:n0 * pix + rows]
+        _kf.pad_nhwc(x, n0, ph, pw, xp)
+        _kf.im2col(xp, *geo, col)
+        _kf.gemm_acc(gyc, col, dwt, True)
+        _kf.gemm_acc(gyc.transpose(0, 2, 1), wt, dcol, False)
+        dxp.fill(0.0)
+        _kf.col2im_add(dcol, *geo, dxp)
+        _kf.unpad_nchw(dxp, n0, ph, pw, dx)
+    dwt = dwt.reshape(o_, taps, cg).transpose(0, 2, 1).reshape(w.shape)
+    return dx, np.ascontiguousarray(dwt)
+
+
+_F32_EXACT = 2 ** 24        # |integer| below which float32 sums of {-1, 0, 1} products are exact
+_CHUNK_ELEMENTS = 2 ** 24   # im2col elements per forward chunk (64 MiB in float32)
+_BWD_CHUNK_ELEMENTS = 2 ** 22   # im2col elements per backward chunk (32 MiB in float64)
+
+
+def _segments(alpha_c, beta_c, cg, groups):
+    """Runs of consecutive channels of one group with equal (alpha, beta).
+
+    Returns seg_of_chan (C,), seg_c0 (S,) first local channel, seg_len (S,), g_seg0/g_seg1
+    (groups,) the segment range of each group, seg_group (S,).
+    """
+    c_ = cg * groups
+    seg_of_chan = np.empty(c_, dtype=np.int64)
+    c0, lens, sgroup, g0, g1 = [], [], [], [], []
+    for g in range(groups):
+        g0.append(len(c0))
+        for cc in range(cg):
+            c = g * cg + cc
+            if cc == 0 or alpha_c[c] != alpha_c[c - 1] or beta_c[c] != beta_c[c - 1]:
+                c0.append(cc)
+                lens.append(0)
+                sgroup.append(g)
+            lens[-1] += 1
+            seg_of_chan[c] = len(c0) - 1
+        g1.append(len(c0))
+    as_i = lambda v: np.asarray(v, dtype=np.int64)  # noqa: E731
+    return seg_of_chan, as_i(c0), as_i(lens), as_i(g0), as_i(g1), as_i(sgroup)
+
+
+def _levels(alpha_c, beta_c, wa, wbeta, seg_first, official):
+    """Level products prods[o, s, i, j] = L_i(segment s) * W_j(o), i, j = sign +1, -1, 0.
+
+    The levels are computed with the very operations of the elementwise path
+    (:func:`adabin_np.kernels_cpu.act_forward` / ``weight_forward``), so each product is
+    bit-identical to the product the elementwise path forms at such a tap.
+    """
+    signs = np.array([1.0, -1.0, 0.0])
+    a = alpha_c[seg_first][:, None]
+    b = beta_c[seg_first][:, None]
+    act = a * (signs + b) if official else a * signs + b                    # (S, 3)
+    aw = wa[:, None]
+    bw = wbeta[:, None]
+    wl = np.where(aw == 0.0, bw, aw * signs + bw)                           # (O, 3)
+    with np.errstate(over="ignore"):  # an inf product is only used where its count is > 0
+        return act[None, :, :, None] * wl[:, None, None, :]                 # (O, S, 3, 3)
+
+
+def _adabin_forward(x, w, alpha_c, beta_c, p, official):
+    """AdaBin conv forward through exact integer counts (see :mod:`adabin_np.kernels_float`)."""
+    n_, c_, h_, w_ = x.shape
+    o_, cg, kh, kw = w.shape
+    groups = p.groups
+    og = o_ // groups
+    taps = kh * kw
+    k_g = cg * taps
+    sh, sw = p.stride
+    ph, pw = p.padding
+    dh, dw = p.dilation
+    gdt = np.float32 if k_g < _F32_EXACT else np.float64
+    sp = np.zeros((n_, h_ + 2 * ph, w_ + 2 * pw, c_), dtype=gdt)
+    zeros_a = _kf.activation_signs(x, alpha_c, beta_c, official, ph, pw, sp)
+    w2 = w.reshape(o_, k_g)
+    wa, wbeta = _k.weight_stats(w2)
+    sw_, zeros_w = _kf.weight_signs(w2, wa, wbeta, official)
+    ties = bool(official and (zeros_a or zeros_w))
+    seg_of_chan, seg_c0, seg_len, g_seg0, g_seg1, seg_group = _segments(alpha_c, beta_c, cg,
+                                                                        groups)
+    n_seg = len(seg_c0)
+    prods = _levels(alpha_c, beta_c, wa, wbeta, seg_group * cg + seg_c0, official)
+    sw3 = sw_.reshape(o_, cg, taps)
+    wtap = np.zeros((2, o_, n_seg, taps), dtype=np.int64)
+    b_s, b_abs = [], []
+    for s in range(n_seg):
+        g = seg_group[s]
+        blk = sw3[g * og:(g + 1) * og, seg_c0[s]:seg_c0[s] + seg_len[s]]   # (og, len, taps)
+        wtap[0, g * og:(g + 1) * og, s] = (blk == 1).sum(axis=1)
+        wtap[1, g * og:(g + 1) * og, s] = (blk == -1).sum(axis=1)
+        # tap-major weight signs plus a row of ones (its GEMM row is the activation sum)
+        bm = np.ones((og + 1, taps * seg_len[s]), dtype=gdt)
+        bm[:og] = blk.transpose(0, 2, 1).reshape(og, -1)
+        b_s.append(bm)
+        b_abs.append(np.abs(bm))
+    pix = p.out_h * p.out_w
+    chunk = max(1, min(n_, _CHUNK_ELEMENTS // max(1, groups * pix * k_g)))
+    q = 4 if ties else 1
+    y = np.empty((n_, o_, p.out_h, p.out_w))
+    for n0 in range(0, n_, chunk):
+        n1 = min(n_, n0 + chunk)
+        rows = (n1 - n0) * pix
+        a_s = np.empty((groups, rows, k_g), dtype=gdt)
+        _kf.sign_im2col(sp, n0, n1, cg, kh, kw, sh, sw, dh, dw, p.out_h, p.out_w, seg_c0,
+                        seg_len, g_seg0, g_seg1, a_s)
+        a_abs = np.abs(a_s) if ties else a_s
+        r = np.empty((q, n_seg, og + 1, rows), dtype=gdt)
+        for s in range(n_seg):
+            g = seg_group[s]
+            cols = slice(seg_c0[s] * taps, (seg_c0[s] + seg_len[s]) * taps)
+            np.matmul(b_s[s], a_s[g][:, cols].T, out=r[0, s])
+            if ties:
+                np.matmul(b_abs[s], a_s[g][:, cols].T, out=r[1, s])
+                np.matmul(b_s[s], a_abs[g][:, cols].T, out=r[2, s])
+                np.matmul(b_abs[s], a_abs[g][:, cols].T, out=r[3, s])
+        _kf.combine_counts(r, wtap, seg_len, g_seg0, g_seg1, prods, ties, n0, n1, h_, w_, kh,
+                           kw, sh, sw, ph, pw, dh, dw, y)
+    return y
 
 
 def conv2d(x, w, *, stride=1, padding=0, dilation=1, groups=1):
@@ -89,12 +250,8 @@ def adabin_conv2d(x, w, alpha, beta, *, stride=1, padding=0, dilation=1, groups=
     """
     official = check_convention(convention) == "official"
     x, w, p = _geometry(x, w, stride, padding, dilation, groups)
-    _, x3, alpha_c, beta_c, _ = _activations_3d(x, alpha, beta)
-    xb = _k.act_forward(x3, alpha_c, beta_c, official).reshape(x.shape)
-    _, w2 = _weights_2d(w)
-    wa, wbeta = _k.weight_stats(w2)
-    wb = _k.weight_forward(w2, wa, wbeta, official).reshape(w.shape)
-    return finite_result(_conv(xb, wb, p), "adabin_conv2d")
+    _, _, alpha_c, beta_c, _ = _activations_3d(x, alpha, beta)
+    return finite_result(_adabin_forward(x, w, alpha_c, beta_c, p, official), "adabin_conv2d")
 
 
 def adabin_conv2d_grad(x, w, alpha, beta, grad_y, *, stride=1, padding=0, dilation=1, groups=1,
