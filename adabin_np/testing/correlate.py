@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
+
 def _tap_slices(p, kh, kw):
     """(ki, kj, rows, cols): slices of the zero-padded input read by tap (ki, kj)."""
     sh, sw = p.stride
@@ -36,8 +37,9 @@ def _corr(x, w, p):
         xs = xp[:, g * cg:(g + 1) * cg]
         ws = w[g * og:(g + 1) * og]
         for ki, kj, rows, cols in _tap_slices(p, kh, kw):
-            y[:, g * og:(g + 1) * og] += np.einsum("nchw,oc->nohw", xs[:, :, rows, cols],
-                                                   ws[:, :, ki, kj])
+            patch = xs[:, :, rows, cols].reshape(n, cg, -1)  # (n, c, hw): BLAS matmul
+            y[:, g * og:(g + 1) * og] += (ws[:, :, ki, kj] @ patch).reshape(n, og, p.out_h,
+                                                                           p.out_w)
     return y
 
 
@@ -52,8 +54,8 @@ def _corr_t_input(gy, w, p, x_shape):
         gs = gy[:, g * og:(g + 1) * og]
         ws = w[g * og:(g + 1) * og]
         for ki, kj, rows, cols in _tap_slices(p, kh, kw):
-            dxp[:, g * cg:(g + 1) * cg, rows, cols] += np.einsum("nohw,oc->nchw", gs,
-                                                                 ws[:, :, ki, kj])
+            dxp[:, g * cg:(g + 1) * cg, rows, cols] += (
+                ws[:, :, ki, kj].T @ gs.reshape(n, og, -1)).reshape(n, cg, p.out_h, p.out_w)
     return dxp[:, :, ph:ph + h, pw:pw + wd]
 
 
@@ -67,6 +69,7 @@ def _corr_t_weight(x, gy, p, w_shape):
         xs = xp[:, g * cg:(g + 1) * cg]
         gs = gy[:, g * og:(g + 1) * og]
         for ki, kj, rows, cols in _tap_slices(p, kh, kw):
-            dw[g * og:(g + 1) * og, :, ki, kj] = np.einsum("nchw,nohw->oc", xs[:, :, rows, cols],
-                                                           gs)
+            patch = xs[:, :, rows, cols].reshape(xs.shape[0], cg, -1)
+            dw[g * og:(g + 1) * og, :, ki, kj] = np.tensordot(
+                gs.reshape(gs.shape[0], og, -1), patch, axes=([0, 2], [0, 2]))
     return dw
