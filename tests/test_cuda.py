@@ -87,6 +87,7 @@ def test_simulator_suite_in_subprocess():
         pytest.skip("the CUDA tests run in this process")
     env = _env_without_sim()
     env["NUMBA_ENABLE_CUDASIM"] = "1"
+    env.pop("ADABIN_CUDA_TESTS_ON_GPU", None)     # the simulator run, not a GPU run
     proc = subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider",
                            str(Path(__file__).resolve())], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
@@ -688,8 +689,8 @@ def test_same_cases_on_real_gpu():
     assert proc.returncode == 0, proc.stdout[-6000:] + proc.stderr[-3000:]
 
 
-@pytest.mark.skipif(not (_ON_GPU and IN_PROCESS), reason="needs ADABIN_CUDA_TESTS_ON_GPU=1 "
-                    "and a CUDA GPU")
+@pytest.mark.skipif(not (_ON_GPU and IN_PROCESS and not C.is_simulator()),
+                    reason="needs ADABIN_CUDA_TESTS_ON_GPU=1 and a CUDA GPU")
 def test_launched_signatures_are_the_reported_ones():
     """On a GPU, after the cases above ran: every signature the launchers compiled is the one
     ptx_report compiles (so the report describes the code that actually runs)."""

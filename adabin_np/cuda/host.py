@@ -125,6 +125,11 @@ def _require_cuda():
     return cuda, kernels
 
 
+def _to_device(cuda, a):
+    """Copy to the GPU as a C-contiguous array (the layout the kernels are compiled for)."""
+    return cuda.to_device(np.ascontiguousarray(a))
+
+
 def _blocks(count, tpb):
     return max(1, (count + tpb - 1) // tpb)
 
@@ -179,12 +184,14 @@ def _weight_stats_device(cuda, k, w2_d):
     return alpha_d, beta_d
 
 
-def _pack_activations_device(cuda, k, x_d, alpha_d, beta_d, groups):
-    """Packed activation bits ``(N, H, W, groups*WG)`` of the NCHW device array ``x_d``."""
+def _pack_activations_device(cuda, k, x_d, alpha_d, beta_d, groups, out=None):
+    """Packed activation bits ``(N, H, W, groups*WG)`` of the NCHW device array ``x_d`` (into
+    the device array ``out`` when given)."""
     n_, c_, h_, w_ = x_d.shape
     _check_index_range(**{"H*W": h_ * w_, "N*groups": n_ * groups})
     wg = _words(c_ // groups)
-    out = cuda.device_array((n_, h_, w_, groups * wg), dtype=np.uint64)
+    if out is None:
+        out = cuda.device_array((n_, h_, w_, groups * wg), dtype=np.uint64)
     tpb = _flat_tpb(h_ * w_, k.ELEMENTWISE_TPB)
     grid = (_blocks(h_ * w_, tpb), wg, min(n_ * groups, _GRID_YZ))
     k.pack_activations[grid, tpb](x_d, alpha_d, beta_d, groups, out)
@@ -326,10 +333,13 @@ def _segments(d_a, c_a, groups):
             np.asarray(seg_ca, dtype=np.float64))
 
 
-def _conv_launch(cuda, k, xbits_d, wbits_d, dw_d, cw_d, d_a, c_a, per_channel, cg, kh, kw,
-                 params, y_d):
-    """Launch the packed convolution into ``y_d`` ``(N, O, OH, OW)`` (device).
+def _conv_plan(cuda, k, xbits_shape, wbits_d, dw_d, cw_d, d_a, c_a, per_channel, cg, kh, kw,
+               params, y_d):
+    """Prepare the packed convolution into ``y_d`` ``(N, O, OH, OW)`` (device) and return
+    ``run(xbits_d)``, which only launches (its small constant arrays -- filter tiles, levels or
+    segments -- are copied to the GPU here, once, so ``run`` never waits on a host copy).
 
+    ``xbits_shape``: ``(N, H, W, words)`` of the packed activations ``run`` will get;
     ``d_a``/``c_a``: host ``(groups,)`` arrays (popcount kernel, one set per group) or ``(C,)``
     arrays (``per_channel=True``: segmented kernel).
     """
@@ -337,31 +347,40 @@ def _conv_launch(cuda, k, xbits_d, wbits_d, dw_d, cw_d, d_a, c_a, per_channel, c
     groups = params.groups
     og = o_ // groups
     wg = _words(cg)
-    _check_index_range(**{"out_h*out_w": out_h * out_w, "H*W": xbits_d.shape[1] *
-                          xbits_d.shape[2]})
+    _, h_, w_, words = xbits_shape
+    _check_index_range(**{"out_h*out_w": out_h * out_w, "H*W": h_ * w_})
     (sh, sw), (ph, pw), (dh, dw) = params.stride, params.padding, params.dilation
     geo = conv_geometry(n_, out_h * out_w, og, groups, kh * kw, wg, per_channel)
-    tiles_d = cuda.to_device(geo.tiles)
+    tiles_d = _to_device(cuda, geo.tiles)
     block = (geo.pix, geo.ot)
-    _, h_, w_, words = xbits_d.shape
     if per_channel:
-        segs = [cuda.to_device(a) for a in _segments(d_a, c_a, groups)]
+        consts = [_to_device(cuda, a) for a in _segments(d_a, c_a, groups)]
+        kernel, tail = k.packed_conv_perchannel, (h_, w_, words, wg)
     else:
-        d_a_d, c_a_d = cuda.to_device(d_a), cuda.to_device(c_a)
+        consts = [_to_device(cuda, d_a), _to_device(cuda, c_a)]
+        kernel, tail = k.packed_conv_scalar, (h_, w_, words, wg, cg)
+    chunks = []
     for n0 in range(0, n_, _GRID_YZ):  # the grid's z extent is the batch: chunks of 65535
         n1 = min(n_, n0 + _GRID_YZ)
-        grid = (geo.grid[0], geo.grid[1], n1 - n0)
-        xflat = xbits_d[n0:n1].reshape(-1)
-        y_part = y_d[n0:n1]
-        if per_channel:
-            k.packed_conv_perchannel[grid, block, 0, geo.shared_bytes](
-                xflat, wbits_d, tiles_d, dw_d, cw_d, *segs, h_, w_, words, wg, kh, kw, sh, sw,
-                ph, pw, dh, dw, y_part)
-        else:
-            k.packed_conv_scalar[grid, block, 0, geo.shared_bytes](
-                xflat, wbits_d, tiles_d, dw_d, cw_d, d_a_d, c_a_d, h_, w_, words, wg, cg, kh,
-                kw, sh, sw, ph, pw, dh, dw, geo.otile, y_part)
-    return y_d
+        chunks.append((n0, n1, kernel[(geo.grid[0], geo.grid[1], n1 - n0), block, 0,
+                                      geo.shared_bytes], y_d[n0:n1]))
+    geom = (kh, kw, sh, sw, ph, pw, dh, dw)
+    last = () if per_channel else (geo.otile,)
+
+    def run(xbits_d):
+        for n0, n1, launch, y_part in chunks:
+            launch(xbits_d[n0:n1].reshape(-1), wbits_d, tiles_d, dw_d, cw_d, *consts, *tail,
+                   *geom, *last, y_part)
+        return y_d
+
+    return run
+
+
+def _conv_launch(cuda, k, xbits_d, wbits_d, dw_d, cw_d, d_a, c_a, per_channel, cg, kh, kw,
+                 params, y_d):
+    """Launch the packed convolution into ``y_d`` (see :func:`_conv_plan`)."""
+    return _conv_plan(cuda, k, xbits_d.shape, wbits_d, dw_d, cw_d, d_a, c_a, per_channel, cg,
+                      kh, kw, params, y_d)(xbits_d)
 
 
 def _activation_levels(alpha_c, beta_c, groups, official):
@@ -383,8 +402,8 @@ def _packed_conv_device(cuda, k, x_d, w_d, alpha_c, beta_c, params, official):
     n_ = x_d.shape[0]
     o_, cg, kh, kw = w_d.shape
     alpha_w, beta_w = _weight_stats_device(cuda, k, w_d.reshape(o_, cg * kh * kw))
-    alpha_d = cuda.to_device(np.ascontiguousarray(alpha_c, dtype=np.float64))
-    beta_d = cuda.to_device(np.ascontiguousarray(beta_c, dtype=np.float64))
+    alpha_d = _to_device(cuda, np.asarray(alpha_c, dtype=np.float64))
+    beta_d = _to_device(cuda, np.asarray(beta_c, dtype=np.float64))
     xbits = _pack_activations_device(cuda, k, x_d, alpha_d, beta_d, params.groups)
     wbits = _pack_weights_device(cuda, k, w_d, alpha_w, beta_w)
     d_a, c_a, per_group = _activation_levels(alpha_c, beta_c, params.groups, official)
@@ -414,11 +433,11 @@ def binarize_activations_cuda(x, alpha, beta, *, convention="paper"):
     if x3.size == 0:
         return np.empty(x.shape)
     n_, c_, s_ = x3.shape
-    x_d = cuda.to_device(np.ascontiguousarray(x3))
+    x_d = _to_device(cuda, x3)
     out_d = cuda.device_array(x3.shape, dtype=np.float64)
     tpb = _flat_tpb(s_, k.ELEMENTWISE_TPB)
     grid = (_blocks(s_, tpb), min(c_, _GRID_YZ), min(n_, _GRID_YZ))
-    k.act_forward[grid, tpb](x_d, cuda.to_device(alpha_c), cuda.to_device(beta_c), official,
+    k.act_forward[grid, tpb](x_d, _to_device(cuda, alpha_c), _to_device(cuda, beta_c), official,
                              out_d)
     return out_d.copy_to_host().reshape(x.shape)
 
@@ -450,12 +469,12 @@ def binarize_activations_grad_cuda(x, alpha, beta, grad, *, convention="paper"):
     tpb = _reduce_tpb(s_, k.REDUCE_TPB)
     ks = min(_blocks(s_, 4 * tpb), 1024)
     kn = min(n_, max(1, 1024 // ks))
-    x_d = cuda.to_device(np.ascontiguousarray(x3))
-    g_d = cuda.to_device(np.ascontiguousarray(g.reshape(x3.shape)))
+    x_d = _to_device(cuda, x3)
+    g_d = _to_device(cuda, g.reshape(x3.shape))
     dx_d = cuda.device_array(x3.shape, dtype=np.float64)
     part_d = cuda.device_array((4, c_, ks * kn), dtype=np.float64)
     k.act_backward[(ks, kn, min(c_, _GRID_YZ)), tpb](
-        x_d, g_d, cuda.to_device(alpha_c), cuda.to_device(beta_c), official, dx_d, part_d)
+        x_d, g_d, _to_device(cuda, alpha_c), _to_device(cuda, beta_c), official, dx_d, part_d)
     sums = part_d.copy_to_host().sum(axis=2)
     dx = dx_d.copy_to_host().reshape(x.shape)
     return _combine_activation_grads(dx, alpha_c, sums[0], sums[1], sums[2], sums[3],
@@ -477,7 +496,7 @@ def weight_binary_set_cuda(w):
 
     _, w2 = _weights_2d(w)
     cuda, k = _require_cuda()
-    alpha_d, beta_d = _weight_stats_device(cuda, k, cuda.to_device(w2))
+    alpha_d, beta_d = _weight_stats_device(cuda, k, _to_device(cuda, w2))
     return alpha_d.copy_to_host(), beta_d.copy_to_host()
 
 
@@ -493,7 +512,7 @@ def binarize_weights_cuda(w, *, convention="paper"):
     official = check_convention(convention) == "official"
     w, w2 = _weights_2d(w)
     cuda, k = _require_cuda()
-    w2_d = cuda.to_device(w2)
+    w2_d = _to_device(cuda, w2)
     alpha_d, beta_d = _weight_stats_device(cuda, k, w2_d)
     out_d = cuda.device_array(w2.shape, dtype=np.float64)
     tpb = _flat_tpb(w2.shape[1], k.ELEMENTWISE_TPB)
@@ -520,11 +539,11 @@ def binarize_weights_grad_cuda(w, grad, *, k=10.0, t=0.1, convention="paper"):
     if g.shape != w.shape:
         raise ValueError(f"grad has shape {g.shape} but w has shape {w.shape}")
     cuda, kern = _require_cuda()
-    w2_d = cuda.to_device(w2)
+    w2_d = _to_device(cuda, w2)
     alpha_d, beta_d = _weight_stats_device(cuda, kern, w2_d)
     dw_d = cuda.device_array(w2.shape, dtype=np.float64)
     kern.weight_backward[min(w2.shape[0], _GRID_YZ), _reduce_tpb(w2.shape[1], kern.REDUCE_TPB)](
-        w2_d, cuda.to_device(g.reshape(w2.shape)), alpha_d, beta_d, k_, t_, official, dw_d)
+        w2_d, _to_device(cuda, g.reshape(w2.shape)), alpha_d, beta_d, k_, t_, official, dw_d)
     return dw_d.copy_to_host().reshape(w.shape)
 
 
@@ -565,8 +584,8 @@ def pack_bits_cuda(x, alpha=1.0, beta=0.0, *, groups=1):
     n_, c_, h_, w_ = x.shape
     if x.size == 0:
         return np.zeros((n_, h_, w_, groups * _words(c_ // groups)), dtype=np.uint64)
-    out = _pack_activations_device(cuda, k, cuda.to_device(x), cuda.to_device(alpha_c),
-                                   cuda.to_device(beta_c), groups)
+    out = _pack_activations_device(cuda, k, _to_device(cuda, x), _to_device(cuda, alpha_c),
+                                   _to_device(cuda, beta_c), groups)
     return out.copy_to_host()
 
 
@@ -583,7 +602,7 @@ def pack_weight_bits_cuda(w):
         raise ValueError(f"w must be non-empty, got shape {w.shape}")
     cuda, k = _require_cuda()
     o_, cg, kh, kw = w.shape
-    w_d = cuda.to_device(w)
+    w_d = _to_device(cuda, w)
     alpha_d, beta_d = _weight_stats_device(cuda, k, w_d.reshape(o_, cg * kh * kw))
     out = _pack_weights_device(cuda, k, w_d, alpha_d, beta_d)
     return out.copy_to_host().reshape(o_, kh, kw, _words(cg))
@@ -632,6 +651,6 @@ def packed_adabin_conv2d_cuda(x, w, alpha_c, beta_c, params, official):
                          f"w {w.shape}, alpha {alpha_c.shape}, beta {beta_c.shape}, "
                          f"groups {params.groups}")
     cuda, k = _require_cuda()
-    y_d = _packed_conv_device(cuda, k, cuda.to_device(x), cuda.to_device(w), alpha_c, beta_c,
+    y_d = _packed_conv_device(cuda, k, _to_device(cuda, x), _to_device(cuda, w), alpha_c, beta_c,
                               params, bool(official))
     return y_d.copy_to_host()
