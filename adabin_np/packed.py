@@ -60,7 +60,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from . import kernels_cpu as _k
+from . import kernels_packed as _kp
 from .binarize import _activations_3d
 from .conv import adabin_conv2d
 from .validation import (
@@ -142,6 +142,26 @@ def _as_input_array(a, name, ndim=None, *, min_ndim=None, allow_empty=False):
     return arr
 
 
+def _as_kernel_input(a, name, ndim=None, *, min_ndim=None, allow_empty=False):
+    """Like :func:`_as_input_array`, but a float32 array stays float32 (C-contiguous, writable;
+    the packed path computes float32 in -> float32 out). Every other real dtype becomes
+    float64. Finiteness is checked by the packing kernels."""
+    if (isinstance(a, np.ndarray) and not isinstance(a, np.ma.MaskedArray)
+            and a.dtype == np.float32):
+        if ndim is not None and a.ndim != ndim:
+            raise ValueError(f"{name} must have {ndim} dimensions, got shape {a.shape}")
+        if min_ndim is not None and a.ndim < min_ndim:
+            raise ValueError(f"{name} must have at least {min_ndim} dimensions, got shape "
+                             f"{a.shape}")
+        arr = np.ascontiguousarray(a)
+        if not arr.flags.writeable:
+            arr = arr.copy()
+        if not allow_empty and 0 in arr.shape:
+            raise ValueError(f"{name} must be non-empty, got shape {arr.shape}")
+        return arr
+    return _as_input_array(a, name, ndim, min_ndim=min_ndim, allow_empty=allow_empty)
+
+
 def _check_int(value, name, *, minimum):
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (numbers.Integral, np.integer)):
         raise TypeError(f"{name} must be an int, got {value!r}")
@@ -185,7 +205,7 @@ def pack_bits(x, *, axis=-1):
     n = moved.shape[-1]
     lead = moved.shape[:-1]
     x2 = np.ascontiguousarray(moved).reshape(-1, n) if moved.size else np.zeros((0, n))
-    packed, bad = _k.pack_lastaxis(x2, _n_words(n))
+    packed, bad = _kp.pack_lastaxis(x2, _n_words(n))
     if bad:
         raise ValueError("x contains NaN or infinity")
     return np.moveaxis(packed.reshape(lead + (_n_words(n),)), -1, ax)
@@ -217,7 +237,7 @@ def unpack_bits(packed, n, *, axis=-1):
         tail = ~np.uint64((1 << (n % WORD_BITS)) - 1)
         if np.any(p2[:, -1] & tail):
             raise ValueError(f"packed has nonzero bits past n={n} (tail bits must be 0)")
-    out = _k.unpack_lastaxis(p2, n)
+    out = _kp.unpack_lastaxis(p2, n)
     return np.moveaxis(out.reshape(lead + (n,)), -1, ax)
 
 
@@ -249,6 +269,7 @@ class _Layout(NamedTuple):
     g_seg1: np.ndarray      # (G,)
     g_w0: np.ndarray        # (G,) first word of each group
     wgm: int                # largest number of words of a group
+    natural: bool           # the natural layout (channel g*Cg + 64q + b at bit b of word g*WG+q)
 
 
 def _make_layout(*fields):
@@ -276,7 +297,8 @@ def _natural_layout(c, groups, seg_ca, seg_da):
                         chan_word.astype(np.int64), (cc % WORD_BITS).astype(np.int64),
                         g * wg, (g + 1) * wg, np.full(groups, cg, dtype=np.int64),
                         np.ascontiguousarray(seg_ca, dtype=np.float64),
-                        np.ascontiguousarray(seg_da, dtype=np.float64), g, g, g + 1, g * wg, wg)
+                        np.ascontiguousarray(seg_da, dtype=np.float64), g, g, g + 1, g * wg, wg,
+                        True)
 
 
 def _segmented_layout(c_a, d_a, groups):
@@ -322,7 +344,7 @@ def _segmented_layout(c_a, d_a, groups):
     return _make_layout(word, i64(word_ptr), i64(word_chans), chan_word, chan_bit,
                    seg_w0, seg_w1, i64(seg["n"]),
                    np.asarray(seg["ca"], dtype=np.float64), np.asarray(seg["da"], dtype=np.float64),
-                   i64(seg["g"]), g_seg0, g_seg1, g_w0, wgm)
+                   i64(seg["g"]), g_seg0, g_seg1, g_w0, wgm, False)
 
 
 _LAYOUT_CACHE: dict = {}
@@ -359,26 +381,31 @@ def _channel_layout(alpha_c, beta_c, groups, official):
 class PackedWeights:
     r"""Pre-binarized, pre-packed AdaBin weights, reusable across many packed calls.
 
-    Built by :func:`pack_weights`. Attributes:
+    ``PackedWeights(w)`` (or :func:`pack_weights`) with ``w`` ``(O, Cg, kh, kw)`` or linear
+    ``(O, I)``, any real dtype (validated: ``TypeError``/``ValueError`` naming ``w``). One
+    parallel pass binarizes and packs (:func:`adabin_np.kernels_packed.weight_pack`). Attributes:
 
     * ``shape``: ``(O, Cg, kh, kw)`` of the float weights (a linear ``(O, I)`` is ``(O, I, 1, 1)``);
     * ``alpha``, ``beta``: the weight binary set ``d_w = alpha_w``, ``c_w = beta_w`` per output
-      channel, ``(O,)`` float64 (:func:`~adabin_np.binarize.weight_binary_set`);
+      channel, ``(O,)`` float64, bit-identical to :func:`~adabin_np.binarize.weight_binary_set`;
     * ``words``: ``(O, kh, kw, ceil(Cg/64))`` ``uint64``, bit ``b`` of word ``q`` at
       ``(o, ki, kj)`` is 1 iff ``u >= 0`` for input channel ``64*q + b``, tail bits 0 (a
       constant filter is all ones) -- the same layout as ``adabin_np.cuda.pack_weight_bits_cuda``;
+    * ``bits``: the same signs unpacked, ``(O, Cg, kh, kw)`` uint8 (computed on access);
     * ``ties``: number of weights with ``u == 0`` exactly in non-constant filters (they pack as
       ``+1``; the official float path gives them ``sign = 0``);
-    * ``w``: the float64 weights (kept for the CUDA path).
+    * ``w``: the float64 weights (a copy of the input is owned by the object; kept for the
+      CUDA path).
 
-    The kernel layout (tap-major, output channels last, channel order of the activation
-    segments) and the per-tap popcounts are derived from these on first use for a given
-    ``groups``/segment layout and cached on the object.
+    The kernel layout (``J``-channel weight blocks for the microkernel, in the channel order of
+    the activation segments), the per-tap popcounts and the border tables are derived on first
+    use and cached on the object under keys made of everything they depend on (the full channel
+    layout including the activation levels, the block size, the geometry).
     """
 
     def __init__(self, w):
         # a public constructor: validated like pack_weights (Numba kernels do not bounds-check)
-        w = as_float_array(w, "w", min_ndim=2)
+        w = _as_kernel_input(w, "w", min_ndim=2, allow_empty=True)
         w = w.copy()  # PackedWeights owns its float weights (kept for the CUDA path)
         if w.ndim == 2:
             w = w.reshape(w.shape + (1, 1))
@@ -387,51 +414,64 @@ class PackedWeights:
         if 0 in w.shape:
             raise ValueError(f"w must be non-empty, got shape {w.shape}")
         o_, cg, kh, kw = w.shape
-        self.w = w
-        self.shape = w.shape
         w2 = w.reshape(o_, -1)
-        self.alpha, self.beta = _k.weight_stats(w2)
-        bits, ties = _k.weight_sign_bits(w2, self.alpha, self.beta)
-        self.bits = bits.reshape(w.shape)
+        self.alpha, self.beta, self.words, ties = _kp.weight_pack(w2, cg, kh * kw, _n_words(cg))
+        if not (np.isfinite(self.alpha).all() and np.isfinite(self.beta).all()):
+            raise ValueError("w contains NaN or infinity")
+        self.words = self.words.reshape(o_, kh, kw, -1)
+        self._w = w
+        self.shape = w.shape
         self.ties = int(ties)
-        self.words = pack_bits(np.where(self.bits.transpose(0, 2, 3, 1) != 0, 1.0, -1.0))
         self._kernel_cache = {}
         self._bias_cache = {}
+
+    @property
+    def w(self):
+        return self._w if self._w.dtype == np.float64 else self._w.astype(np.float64)
+
+    @property
+    def bits(self):
+        o_, cg, kh, kw = self.shape
+        return (unpack_bits(self.words, cg) > 0).astype(np.uint8).transpose(0, 3, 1, 2)
 
     def __repr__(self):
         o_, cg, kh, kw = self.shape
         return f"PackedWeights(O={o_}, Cg={cg}, kh={kh}, kw={kw}, ties={self.ties})"
 
-    def _kernel_weights(self, layout, groups, o_block):
-        """``(wtb, pcw)`` for a channel layout: the blocked kernel weights of
-        :func:`~adabin_np.kernels_cpu.pack_weight_layout` and the per-segment per-tap
-        popcounts ``pcw[s, t, j]`` (cached per layout and block size)."""
-        key = (layout.key, o_block)
+    def _kernel_weights(self, layout, groups, j_block):
+        """``(wtb, pcw)`` for a channel layout: the ``J``-channel weight blocks
+        ``wtb[g*n_blk + b, t*wgm + word, jj]`` and the per-segment per-tap weight popcounts
+        ``pcw[s, t, j]`` (cached per layout and block size)."""
+        key = (layout.key, groups, j_block)
         entry = self._kernel_cache.get(key)
         if entry is None:
-            o_, _, kh, kw = self.shape
+            o_, cg, kh, kw = self.shape
             og = o_ // groups
-            n_blk = -(-og // o_block)
-            wtb = _k.pack_weight_layout(self.bits, layout.chan_word, layout.chan_bit,
-                                        layout.g_w0, layout.wgm, o_block, n_blk)
-            pcw = _k.weight_tap_popcounts(wtb, layout.seg_w0, layout.seg_w1, layout.seg_group,
-                                          layout.g_w0, layout.wgm, og, kh * kw)
+            n_blk = -(-og // j_block)
+            words = self.words.reshape(o_, kh * kw, -1)
+            if layout.natural:
+                wtb = _kp.natural_kernel_weights(words, groups, j_block, n_blk)
+            else:
+                wtb = _kp.pack_weight_layout(words, cg, layout.chan_word, layout.chan_bit,
+                                             layout.g_w0, layout.wgm, j_block, n_blk)
+            pcw = _kp.weight_tap_popcounts(wtb, layout.seg_w0, layout.seg_w1, layout.seg_group,
+                                           layout.g_w0, layout.wgm, og, kh * kw)
             entry = (wtb, pcw)
             if len(self._kernel_cache) >= 8:
                 self._kernel_cache.pop(next(iter(self._kernel_cache)))
             self._kernel_cache[key] = entry
         return entry
 
-
-    def _bias(self, layout, pcw, geometry, r_lo, r_hi, c_lo, c_hi):
-        """Border-class table of :func:`~adabin_np.kernels_cpu.packed_bias` (cached per
-        layout, activation levels and geometry: a model layer reuses it every call)."""
+    def _tables(self, layout, pcw, geometry, r_lo, r_hi, c_lo, c_hi, col_cls):
+        """Border tables of :func:`~adabin_np.kernels_packed.border_tables` (cached per
+        layout -- which includes the activation levels -- and geometry: a model layer reuses
+        them on every call)."""
         key = (layout.key, geometry)
         entry = self._bias_cache.get(key)
         if entry is None:
-            entry = _k.packed_bias(pcw, layout.seg_n, layout.seg_ca, layout.g_seg0,
-                                   layout.g_seg1, self.alpha, self.beta, r_lo, r_hi, c_lo, c_hi,
-                                   self.shape[3])
+            entry = _kp.border_tables(pcw, layout.seg_n, layout.seg_ca, layout.g_seg0,
+                                      layout.g_seg1, self.alpha, self.beta,
+                                      r_lo, r_hi, c_lo, c_hi, self.shape[3], col_cls)
             if len(self._bias_cache) >= 16:
                 self._bias_cache.pop(next(iter(self._bias_cache)))
             self._bias_cache[key] = entry
@@ -475,66 +515,80 @@ def _tap_ranges(size, k, stride, pad, dil, out):
             (uniq % (k + 1)).astype(np.int64))
 
 
-#: largest number of output channels per kernel block (the popcount loop's vector length)
-MAX_O_BLOCK = 128
-
-
-def _o_block(og, row_tasks):
-    """Output channels per block: the fewest blocks of <= MAX_O_BLOCK channels (rounded up to
-    a multiple of 4, one AVX2 vector of words), halved while there are too few tasks
-    (rows x blocks) to keep several threads busy."""
-    n_blk = -(-og // MAX_O_BLOCK)
-    while row_tasks * n_blk < 16 and -(-og // (n_blk * 2)) >= 16:
-        n_blk *= 2
-    block = -(-og // n_blk)
-    if block > 4:
-        block = -(-block // 4) * 4
-    return block
-
-
 def _h_chunk(h_, other_tasks, *, min_tasks=8):
     """Rows per packing task: whole planes unless that leaves fewer than ``min_tasks`` tasks."""
     chunks = max(1, min(h_, -(-min_tasks // other_tasks)))
     return -(-h_ // chunks)
 
 
-def _run_cpu(x, pw, alpha_c, beta_c, p: ConvParams, official, raw=False):
-    """Pack activations, build the border tables and run the popcount kernel."""
+def _rows_per_task(out_h, out_w, other_tasks, *, min_tasks=16, max_pixels=448):
+    """Output rows per convolution task: at most ``max_pixels`` pixels (the task's integer
+    buffer stays in L2) and at least ``min_tasks`` tasks in all when the shape allows."""
+    rows = max(1, min(out_h, max_pixels // out_w))
+    while rows > 1 and other_tasks * -(-out_h // rows) < min_tasks:
+        rows = -(-rows // 2)
+    return rows
+
+
+def _output_dtype(x):
+    """float32 in -> float32 out; every other input (converted to float64) -> float64."""
+    return np.float32 if x.dtype == np.float32 else np.float64
+
+
+def _pack_input(x, alpha_c, beta_c, layout):
+    """Binarize + pack ``x`` into NHWC words (plus the zero pixel); returns ``(xa, ties)``."""
+    n_, c_, h_, w_ = x.shape
+    mode, thr, tie = _kp.activation_thresholds(alpha_c, beta_c, x.dtype)
+    xa = np.empty((n_ * h_ * w_ + 1, layout.n_words), dtype=np.uint64)
+    ties, bad = _kp.pack_activations(x, mode, thr, tie, alpha_c, beta_c, layout.word_ptr,
+                                     layout.word_chans, xa, _h_chunk(h_, n_ * layout.n_words))
+    if bad:
+        raise ValueError("x contains NaN or infinity")
+    return xa, ties
+
+
+def _run_cpu(x, pw, alpha_c, beta_c, p: ConvParams, official, raw=False, out=None):
+    """Pack activations, build (or reuse) the border tables and run the tiled kernel."""
     n_, c_, h_, w_ = x.shape
     o_, cg, kh, kw = pw.shape
     groups = p.groups
     layout = _channel_layout(alpha_c, beta_c, groups, official)
-    xa = np.empty((n_, h_, w_, layout.n_words), dtype=np.uint64)
-    ties, bad = _k.pack_activations(x, alpha_c, beta_c, layout.word_ptr, layout.word_chans, xa,
-                                    _h_chunk(h_, n_ * layout.n_words))
-    if bad:
-        raise ValueError("x contains NaN or infinity")
+    xa, ties = _pack_input(x, alpha_c, beta_c, layout)
+    variant, tp, jb = _kp.select_tile()
     og = o_ // groups
-    o_block = _o_block(og, n_ * p.out_h * groups)
-    wtb, pcw = pw._kernel_weights(layout, groups, o_block)
-    row_lo, row_hi, row_cls, r_lo, r_hi = _tap_ranges(h_, kh, p.stride[0], p.padding[0],
-                                                      p.dilation[0], p.out_h)
-    col_lo, col_hi, col_cls, c_lo, c_hi = _tap_ranges(w_, kw, p.stride[1], p.padding[1],
-                                                      p.dilation[1], p.out_w)
-    bias, sum_w, n_valid = pw._bias(layout, pcw, (h_, w_, p), r_lo, r_hi, c_lo, c_hi)
+    wtb, pcw = pw._kernel_weights(layout, groups, jb)
+    _, _, row_cls, r_lo, r_hi = _tap_ranges(h_, kh, p.stride[0], p.padding[0], p.dilation[0],
+                                            p.out_h)
+    _, _, col_cls, c_lo, c_hi = _tap_ranges(w_, kw, p.stride[1], p.padding[1], p.dilation[1],
+                                            p.out_w)
+    brow, krow, pinv, sum_w, n_valid = pw._tables(layout, pcw, (h_, w_, p), r_lo, r_hi, c_lo,
+                                                  c_hi, col_cls)
+    n_blk = wtb.shape[0] // groups
+    rows = _rows_per_task(p.out_h, p.out_w, n_ * groups * n_blk)
+    hw = p.out_h * p.out_w
     if raw:
-        raw_aw = np.zeros((n_, o_, p.out_h, p.out_w), dtype=np.int64)
-        raw_a = np.zeros((n_, groups, p.out_h, p.out_w), dtype=np.int64)
+        raw_x = np.zeros((n_, o_, hw), dtype=np.int64)
+        raw_a = np.zeros((n_, groups, hw), dtype=np.int64)
+        y = np.empty((n_, o_, 1))
     else:
-        raw_aw = np.zeros((1, 1, 1, 1), dtype=np.int64)
-        raw_a = raw_aw
-    y = np.empty((n_, o_, p.out_h, p.out_w))
-    _k.packed_conv_forward(xa, wtb, layout.wgm, layout.g_w0, og, layout.seg_w0, layout.seg_w1,
-                           layout.seg_n, layout.seg_da, layout.g_seg0, layout.g_seg1, bias,
-                           pw.alpha, pw.beta, row_lo, row_hi, row_cls, col_lo, col_hi, col_cls,
-                           kw, p.stride[0], p.stride[1], p.padding[0], p.padding[1],
-                           p.dilation[0], p.dilation[1], raw, raw_aw, raw_a, y)
+        raw_x = np.zeros((1, 1, 1), dtype=np.int64)
+        raw_a = raw_x
+        y = out if out is not None else np.empty((n_, o_, hw), dtype=_output_dtype(x))
+    _kp.bconv_forward(xa, h_, w_, p.out_h, wtb, variant, tp, layout.wgm, layout.g_w0, og,
+                      layout.seg_w0, layout.seg_w1, layout.seg_da, layout.g_seg0, layout.g_seg1,
+                      layout.seg_n, brow, krow, pinv, r_lo, r_hi, c_lo, c_hi, pw.alpha, pw.beta,
+                      row_cls, col_cls, kh, kw, p.stride[0], p.stride[1], p.padding[0],
+                      p.padding[1], p.dilation[0], p.dilation[1], rows, raw, raw_x, raw_a,
+                      y.reshape(y.shape[0], y.shape[1], -1))
     if raw:
-        sw = sum_w[row_cls[:, None], col_cls[None, :]]            # (OH, OW, O)
-        nv = n_valid[row_cls[:, None], col_cls[None, :], 0]        # (OH, OW)
-        return PackedCounts(raw_aw, raw_a, np.ascontiguousarray(sw.transpose(2, 0, 1)),
+        cls = (row_cls[:, None], col_cls[None, :])
+        sw = sum_w[cls]                                   # (OH, OW, O)
+        nv = n_valid[cls][:, :, 0]                        # (OH, OW)
+        sum_aw = nv[None, None] - 2 * raw_x.reshape(n_, o_, p.out_h, p.out_w)
+        sum_a = 2 * raw_a.reshape(n_, groups, p.out_h, p.out_w) - nv[None, None]
+        return PackedCounts(sum_aw, sum_a, np.ascontiguousarray(sw.transpose(2, 0, 1)),
                             np.ascontiguousarray(nv))
-    return y, int(ties)
+    return y.reshape(n_, o_, p.out_h, p.out_w), int(ties)
 
 
 def _info(act_ties, weight_ties, official):
@@ -560,8 +614,11 @@ def _check_overflow(y, pw, alpha_c, beta_c, official):
     taps = int(np.prod(pw.shape[1:]))
     with np.errstate(over="ignore"):
         bound = taps * act * wgt
-    if bound < 1e300:
+    if bound < 1e-8 * np.finfo(y.dtype).max:
         return y
+    if y.dtype == np.float32 and not np.isfinite(y).all():
+        raise ValueError("packed_adabin_conv2d: the result overflows float32 for these (finite) "
+                         "float32 inputs; pass float64 input for a float64 result")
     return finite_result(y, "packed_adabin_conv2d")
 
 
@@ -589,7 +646,7 @@ def packed_adabin_conv2d_prepacked(x, packed_weights, alpha, beta, *, stride=1, 
         if 0 in x.shape:
             raise ValueError(f"x must be non-empty, got shape {x.shape}")
     else:
-        x = _as_input_array(x, "x", 4)
+        x = _as_kernel_input(x, "x", 4)
     p = conv_params(x.shape, pw.shape, stride, padding, dilation, groups, w_name="w")
     alpha_c, beta_c, _ = activation_params(alpha, beta, x.shape[1])
     if device == "cuda":
@@ -658,7 +715,7 @@ def packed_conv_counts(x, w, alpha, beta, *, stride=1, padding=0, dilation=1, gr
     depend on the convention.
     """
     pw = _as_packed_weights(w)
-    x = _as_input_array(x, "x", 4)
+    x = _as_kernel_input(x, "x", 4)
     p = conv_params(x.shape, pw.shape, stride, padding, dilation, groups, w_name="w")
     alpha_c, beta_c, _ = activation_params(alpha, beta, x.shape[1])
     return _run_cpu(x, pw, alpha_c, beta_c, p, False, raw=True)
@@ -690,7 +747,7 @@ def threshold_ties(x, alpha, beta):
 
 
 def _linear_args(x, w):
-    x = _as_input_array(x, "x", 2)
+    x = _as_kernel_input(x, "x", 2)
     if isinstance(w, PackedWeights):
         if w.shape[2:] != (1, 1):
             raise ValueError(f"w must be linear weights (O, I), got PackedWeights of shape "

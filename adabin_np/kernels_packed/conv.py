@@ -1,0 +1,272 @@
+r"""Packed convolution: border tables, the tiled popcount driver and the fused rescale epilogue.
+
+For output ``(n, o, oh, ow)`` of group ``g`` with activation segments ``s`` (levels
+``c_a[s] +- d_a[s]``, ``seg_n[s]`` channels), valid taps ``P`` (``|P| = T``), SPEC section 4
+gives
+
+.. math::
+    y = \underbrace{\textstyle\sum_s c_a (d_w S^P_{w,s} + c_w N_s)}_{B}
+        + d_w \sum_s d_a (N_s - 2 X^P_s) + c_w \sum_s d_a (2 A_s - N_s),
+    \qquad N_s = n_s T
+
+with ``X^P_s = sum_P popc(a XOR w)``, ``A_s = sum_P popc(a)``, ``S^P_{w,s} = 2 popc_P(w) - N_s``.
+The microkernel runs every tap of every pixel (``K = kh*kw`` taps, a fixed trip count); a
+padded tap points at an all-zero activation pixel, so it adds ``popc(0 XOR w) = popc(w)`` to
+the count and 0 to ``A``: the kernel returns ``X_s = X^P_s + I_s`` with ``I_s`` the weight
+popcount over the padded taps, a per-border-class integer that the epilogue subtracts
+(exactly, in int64) before converting. ``B``, ``I_s`` and ``N`` are tabulated once per
+geometry (:func:`border_tables`; a model layer reuses them on every call). The float
+arithmetic is the same as before the tiling, term for term, so results are unchanged; an
+output whose taps are all padding is exactly 0. The result is rounded once into the output
+dtype (float32 or float64).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit, prange
+
+from .microkernel import _popcount, tile_4x32_avx512, tile_4x8_avx2
+
+__all__ = ["border_tables", "bconv_forward", "popcount_roofline"]
+
+
+@njit(cache=True, error_model="numpy")
+def border_tables(pcw, seg_n, seg_ca, g_seg0, g_seg1, alpha_w, beta_w, r_lo, r_hi, c_lo, c_hi,
+                  kw, col_cls):
+    """Per border class the output-independent terms of the module docstring's formula.
+
+    ``pcw[s, t, j]``: weight popcount of output channel ``j`` of segment ``s``'s group at tap
+    ``t``. Row class ``r``: valid kernel rows ``[r_lo[r], r_hi[r])``; column class ``cl``: valid
+    kernel columns ``[c_lo[cl], c_hi[cl])``; ``col_cls[ow]`` the column class of output column
+    ``ow``. Returns
+
+    * ``brow[r, o, ow] = B`` (float64, ``sum_s c_a[s] (d_w S^P_{w,s} + c_w N_s)``),
+    * ``krow[r, o, ow] = N + 2 I`` summed over segments (int64; the single-segment epilogue
+      computes ``N - 2 X^P = krow - 2 X`` exactly),
+    * ``pinv[s, r, cl, j] = I_s`` (int64, per segment),
+    * ``sum_w[r, cl, o] = sum_s S^P_{w,s}`` and ``n_valid[r, cl, g] = sum_s N_s`` (int64; the
+      raw counts of :func:`adabin_np.packed_conv_counts`).
+    """
+    n_seg, taps, og = pcw.shape
+    groups = g_seg0.shape[0]
+    o_ = og * groups
+    nr = r_lo.shape[0]
+    nc = c_lo.shape[0]
+    kh = taps // kw
+    bias = np.empty((nr, nc, o_))
+    ktab = np.empty((nr, nc, o_), dtype=np.int64)
+    sum_w = np.empty((nr, nc, o_), dtype=np.int64)
+    pinv = np.empty((n_seg, nr, nc, og), dtype=np.int64)
+    n_valid = np.empty((nr, nc, groups), dtype=np.int64)
+    for o in range(o_):
+        g = o // og
+        j = o % og
+        d_w = alpha_w[o]
+        c_w = beta_w[o]
+        for r in range(nr):
+            for cl in range(nc):
+                n_taps = (r_hi[r] - r_lo[r]) * (c_hi[cl] - c_lo[cl])
+                acc = 0.0
+                sw_tot = 0
+                nv_tot = 0
+                k_tot = 0
+                for s in range(g_seg0[g], g_seg1[g]):
+                    pv = 0
+                    pall = 0
+                    for ki in range(kh):
+                        for kj in range(kw):
+                            pc = pcw[s, ki * kw + kj, j]
+                            pall += pc
+                            if r_lo[r] <= ki < r_hi[r] and c_lo[cl] <= kj < c_hi[cl]:
+                                pv += pc
+                    nv = seg_n[s] * n_taps
+                    s_w = 2 * pv - nv
+                    acc += seg_ca[s] * (d_w * s_w + c_w * nv)
+                    sw_tot += s_w
+                    nv_tot += nv
+                    pinv[s, r, cl, j] = pall - pv
+                    k_tot += nv + 2 * (pall - pv)
+                bias[r, cl, o] = acc
+                ktab[r, cl, o] = k_tot
+                sum_w[r, cl, o] = sw_tot
+                if j == 0:
+                    n_valid[r, cl, g] = nv_tot
+    out_w = col_cls.shape[0]
+    brow = np.empty((nr, o_, out_w))
+    krow = np.empty((nr, o_, out_w), dtype=np.int64)
+    for r in range(nr):
+        for o in range(o_):
+            for ow in range(out_w):
+                brow[r, o, ow] = bias[r, col_cls[ow], o]
+                krow[r, o, ow] = ktab[r, col_cls[ow], o]
+    return brow, krow, pinv, sum_w, n_valid
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _tile(variant, xa, offs, wb, wbase, taps, wgm, q0, nq, xout, xbase):
+    if variant == 0:
+        tile_4x32_avx512(xa, offs, wb, wbase, taps, wgm, q0, nq, xout, xbase)
+    else:
+        tile_4x8_avx2(xa, offs, wb, wbase, taps, wgm, q0, nq, xout, xbase)
+
+
+@njit(cache=True, parallel=True, error_model="numpy")
+def bconv_forward(xa, h_, w_, out_h, wtb, variant, tp, wgm, g_w0, og, seg_w0, seg_w1, seg_da, g_seg0,
+                  g_seg1, seg_n, brow, krow, pinv, r_lo, r_hi, c_lo, c_hi, alpha_w, beta_w,
+                  row_cls, col_cls, kh, kw,
+                  sh, sw, ph, pw, dh, dw, rows_per_task, raw, raw_x, raw_a, y):
+    """Tiled popcount convolution with the fused rescale into ``y`` ``(N, O, OH*OW)``.
+
+    ``xa`` ``(N*H*W + 1, CW)`` from :func:`~.pack.pack_activations` (last pixel zero),
+    ``wtb`` ``(groups*n_blk, K*wgm, J)`` weight blocks of ``J`` output channels. ``prange``
+    over (n, group, block, chunk of ``rows_per_task`` output rows); a task walks its pixels
+    (row-major over the chunk) in tiles of ``tp`` and for every segment of its group calls the
+    microkernel of ``variant`` (:mod:`.microkernel`) with the tile's per-tap activation
+    offsets (padded taps -> the zero pixel). The epilogue writes each output channel's chunk
+    as one contiguous run of ``y``. ``raw=True`` writes ``raw_x[n, o, pix] = sum_s X_s`` and
+    ``raw_a[n, g, pix] = sum_s A_s`` instead of ``y`` (int64; dummies otherwise).
+    """
+    n_ = (xa.shape[0] - 1) // (h_ * w_)
+    out_w = col_cls.shape[0]
+    groups = g_seg0.shape[0]
+    n_blk = wtb.shape[0] // groups
+    jb = wtb.shape[2]
+    taps = kh * kw
+    blk_size = wtb.shape[1] * jb
+    cw = xa.shape[1]
+    zero_pix = (xa.shape[0] - 1) * cw
+    xa_flat = xa.reshape(xa.size)
+    wtb_flat = wtb.reshape(wtb.size)
+    n_chunks = (out_h + rows_per_task - 1) // rows_per_task
+    n_tasks = n_ * groups * n_blk * n_chunks
+    for task in prange(n_tasks):
+        chunk = task % n_chunks
+        rest = task // n_chunks
+        blk = rest % n_blk
+        rest = rest // n_blk
+        g = rest % groups
+        n = rest // groups
+        oh0 = chunk * rows_per_task
+        oh1 = min(out_h, oh0 + rows_per_task)
+        npx = (oh1 - oh0) * out_w
+        n_tiles = (npx + tp - 1) // tp
+        j0 = blk * jb
+        nj = min(og, j0 + jb) - j0
+        obase = g * og + j0
+        qg = g_w0[g]
+        s0 = g_seg0[g]
+        s1 = g_seg1[g]
+        offs = np.empty(taps * tp, dtype=np.int64)
+        xbuf = np.empty(n_tiles * tp * jb, dtype=np.int64)
+        apc = np.zeros(n_tiles * tp, dtype=np.int64)
+        qa = np.zeros(npx)
+        multi = s1 - s0 > 1 or raw
+        facc = np.zeros((npx, jb)) if multi else np.zeros((1, 1))
+        xtot = np.zeros((npx, jb), dtype=np.int64) if raw else np.zeros((1, 1), dtype=np.int64)
+        atot = np.zeros(npx, dtype=np.int64)
+        for s in range(s0, s1):
+            q0 = seg_w0[s] - qg
+            nq = seg_w1[s] - seg_w0[s]
+            for it in range(n_tiles):
+                for p in range(tp):
+                    pix = it * tp + p
+                    a_sum = 0
+                    if pix < npx:
+                        oh = oh0 + pix // out_w
+                        ow = pix % out_w
+                        for ki in range(kh):
+                            ih = oh * sh - ph + ki * dh
+                            for kj in range(kw):
+                                iw = ow * sw - pw + kj * dw
+                                t = ki * kw + kj
+                                if 0 <= ih < h_ and 0 <= iw < w_:
+                                    off = ((n * h_ + ih) * w_ + iw) * cw + qg
+                                    offs[t * tp + p] = off
+                                    for q in range(q0, q0 + nq):
+                                        a_sum += _popcount(xa_flat[off + q])
+                                else:
+                                    offs[t * tp + p] = zero_pix + qg
+                    else:
+                        for t in range(taps):
+                            offs[t * tp + p] = zero_pix + qg
+                    apc[pix] = a_sum
+                _tile(variant, xa_flat, offs, wtb_flat, (g * n_blk + blk) * blk_size, taps,
+                      wgm, q0, nq, xbuf, it * tp * jb)
+            da = seg_da[s]
+            nseg = seg_n[s]
+            for pix in range(npx):
+                oh = oh0 + pix // out_w
+                ow = pix % out_w
+                rc = row_cls[oh]
+                cl = col_cls[ow]
+                nv = nseg * (r_hi[rc] - r_lo[rc]) * (c_hi[cl] - c_lo[cl])
+                qa[pix] += da * (2 * apc[pix] - nv)
+                if raw:
+                    atot[pix] += apc[pix]
+                    for jj in range(nj):
+                        xtot[pix, jj] += xbuf[pix * jb + jj] - pinv[s, rc, cl, j0 + jj]
+                elif multi:
+                    for jj in range(nj):
+                        facc[pix, jj] += da * np.int32(
+                            nv - 2 * (xbuf[pix * jb + jj] - pinv[s, rc, cl, j0 + jj]))
+        if raw:
+            for jj in range(nj):
+                for pix in range(npx):
+                    raw_x[n, obase + jj, oh0 * out_w + pix] = xtot[pix, jj]
+            if blk == 0:
+                for pix in range(npx):
+                    raw_a[n, g, oh0 * out_w + pix] = atot[pix]
+            continue
+        da0 = seg_da[s0]
+        for jj in range(nj):
+            o = obase + jj
+            d_w = alpha_w[o]
+            c_w = beta_w[o]
+            for oh in range(oh0, oh1):
+                rc = row_cls[oh]
+                pbase = (oh - oh0) * out_w
+                ybase = oh * out_w
+                if multi:
+                    for ow in range(out_w):
+                        pix = pbase + ow
+                        y[n, o, ybase + ow] = brow[rc, o, ow] + d_w * facc[pix, jj] \
+                            + c_w * qa[pix]
+                else:
+                    # |krow - 2X| = |N - 2 X^P| <= N < 2**31: int32 converts as a vector
+                    for ow in range(out_w):
+                        pix = pbase + ow
+                        y[n, o, ybase + ow] = brow[rc, o, ow] + d_w * (da0 * np.int32(
+                            krow[rc, o, ow] - 2 * xbuf[pix * jb + jj])) + c_w * qa[pix]
+    return y
+
+
+@njit(cache=True, parallel=True, error_model="numpy")
+def popcount_roofline(variant, taps, wgm, reps, n_threads):
+    """Throughput probe: each of ``n_threads`` parallel copies runs the microkernel of
+    ``variant`` ``reps`` times on L1-resident data (``taps*wgm`` words per pixel, one weight
+    block, fixed offsets): the convolution's popcount work with no offset building, packing,
+    epilogue or memory traffic. Word-ops per copy: ``reps * taps * wgm * P * J`` (one 64-bit
+    XOR + popcount + add = 64 binary MACs = 128 binary ops). Returns one checksum per copy."""
+    res = np.zeros(n_threads, dtype=np.int64)
+    for tid in prange(n_threads):
+        tp = 4
+        jb = 32 if variant == 0 else 8
+        xa = np.empty((tp + 1) * wgm * 2, dtype=np.uint64)
+        for i in range(xa.shape[0]):
+            xa[i] = np.uint64(i * 0x9E3779B97F4A7C15 + tid)
+        wb = np.empty(taps * wgm * jb, dtype=np.uint64)
+        for i in range(wb.shape[0]):
+            wb[i] = np.uint64(i * 0xC2B2AE3D27D4EB4F + 7)
+        offs = np.empty(taps * tp, dtype=np.int64)
+        for t in range(taps):
+            for p in range(tp):
+                offs[t * tp + p] = ((t + p) % (tp + 1)) * wgm
+        xout = np.zeros(tp * jb, dtype=np.int64)
+        tot = 0
+        for r in range(reps):
+            xa[r % xa.shape[0]] ^= np.uint64(r)
+            _tile(variant, xa, offs, wb, 0, taps, wgm, 0, wgm, xout, 0)
+            tot += xout[r % (tp * jb)]
+        res[tid] = tot
+    return res
