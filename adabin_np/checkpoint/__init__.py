@@ -121,7 +121,7 @@ def load_checkpoint(path: str | os.PathLike, *,
         an ``.npz`` archive of numeric arrays, or a ``.safetensors`` file.
     max_bytes : int, optional
         Limit on the decoded bytes: the returned arrays plus every storage the reader must
-        copy or decompress out of the file. Default ``max(512 MiB, 4 * file size)``. Checked
+        copy or decompress out of the file. Default ``max(256 MiB, 4 * file size)``. Checked
         before the memory is taken.
 
     Returns

@@ -4,7 +4,7 @@ Every limit is checked *before* the work or memory it bounds is spent:
 
 * ``max_bytes`` -- total **decoded bytes**: the size of every returned array plus the size of
   every tensor storage that had to be copied or decompressed out of the file (zip members,
-  ``.npy`` payloads). Default ``max(512 MiB, 4 * file size)``: a genuine uncompressed
+  ``.npy`` payloads). Default ``max(256 MiB, 4 * file size)``: a genuine uncompressed
   checkpoint decodes to about twice its size, while a few bytes of deflate or a broadcast
   (stride-0) view cannot make the loader allocate gigabytes unasked. Pass a larger value for
   highly compressed ``.npz`` files or broadcast-heavy checkpoints.
@@ -24,7 +24,7 @@ from dataclasses import dataclass
 
 from .errors import CheckpointError
 
-MIN_DEFAULT_MAX_BYTES = 512 * 2**20
+MIN_DEFAULT_MAX_BYTES = 256 * 2**20
 DEFAULT_BYTES_PER_FILE_BYTE = 4
 
 
@@ -42,7 +42,7 @@ class Limits:
 
 
 def default_max_bytes(file_size: int) -> int:
-    """``max(512 MiB, 4 * file_size)``: the documented default of ``load_checkpoint``."""
+    """``max(256 MiB, 4 * file_size)``: the documented default of ``load_checkpoint``."""
     return max(MIN_DEFAULT_MAX_BYTES, DEFAULT_BYTES_PER_FILE_BYTE * file_size)
 
 

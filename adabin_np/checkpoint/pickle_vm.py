@@ -1,4 +1,4 @@
-"""A pickle virtual machine for checkpoints, written in Python over ``pickletools.genops``.
+"""A pickle virtual machine for checkpoints, written in Python, opcode by opcode.
 
 Pickle is a program: ``GLOBAL`` looks up any callable, ``REDUCE`` calls it, ``BUILD`` sets
 attributes on anything on the stack. This VM executes the opcode stream itself instead of
@@ -17,11 +17,17 @@ filter in front of CPython's unpickler:
   descriptions are frozen dataclasses that no opcode can reach into; tensors are described by
   :class:`~.tensors.TensorDesc` and validated only after the whole pickle was read.
 * **Bounded work, no recursion.** The VM is a loop (no C or Python recursion); opcodes are
-  counted against ``max_ops``; MARK nesting and tuple nesting against ``max_depth``. Dict keys
+  counted against ``max_ops`` (a ``REDUCE``, which validates a whole argument tuple, counts
+  as ``REDUCE_COST`` = 8); MARK nesting and tuple nesting against ``max_depth``. Dict keys
   and set elements must be ``str``/``bytes``/``int``/``float``/``complex``/``bool``/``None`` or
-  a flat tuple of at most ``max_key_items`` of those, so hashing and comparing them cannot
-  recurse; and at most ``max_equal_hashes`` keys of one container may share a hash value, so
-  building a dict cannot go quadratic.
+  a flat tuple of at most ``max_key_items`` of those, with integers below 2**63 in magnitude
+  (an int's hash is not cached and costs time linear in its size), so hashing and comparing
+  them cannot recurse; and at most ``max_equal_hashes`` keys of one container may share a
+  hash value, so building a dict cannot go quadratic.
+* **No amplification.** A handler that builds something from a referenced object pays for
+  it: ``set(list)``/``frozenset(list)`` cost ``SET_ELEMENT_COST`` = 3 opcodes per element, ``_codecs.encode``
+  charges the bytes it creates to ``max_bytes``, ``torch.device`` names are at most 64
+  characters. Everything else an opcode creates is at most one reference.
 
 Allowed globals (``__builtin__`` is read as ``builtins``):
 ``torch._utils._rebuild_tensor`` / ``_rebuild_tensor_v2`` / ``_rebuild_tensor_v3`` /
@@ -36,14 +42,16 @@ arguments and ``_codecs.encode(str, "latin1")`` (protocol 2's ``bytes``); ``torc
 """
 from __future__ import annotations
 
+import codecs
 import io
 import pickletools
+import struct
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from .dtypes import DTYPES, DType
 from .errors import CheckpointError
-from .limits import Limits
+from .limits import ByteBudget, Limits
 from .tensors import StorageRef, TensorDesc, check_int, check_int_tuple, describe
 
 
@@ -193,6 +201,7 @@ def _reduce(marker: Global, args: tuple, limits: Limits, vm: "PickleVM"):
         text, encoding = _args(args, kind, 2, 2)
         if type(text) is not str or encoding not in ("latin1", "latin-1"):
             raise CheckpointError("_codecs.encode is only allowed as (str, 'latin1')")
+        vm.budget.take(len(text), "bytes objects built by the pickle")
         try:
             return text.encode("latin-1")
         except UnicodeEncodeError:
@@ -202,8 +211,9 @@ def _reduce(marker: Global, args: tuple, limits: Limits, vm: "PickleVM"):
         return check_int_tuple(() if dims is None else dims, "torch.Size", limits.max_ndim)
     if kind == "torch_device":
         dev, index = _args(args, kind, 1, 2)
-        if type(dev) is not str or not (index is None or type(index) is int):
-            raise CheckpointError("torch.device takes a string and an optional index")
+        if (type(dev) is not str or len(dev) > 64
+                or not (index is None or (type(index) is int and 0 <= index < 2**31))):
+            raise CheckpointError("torch.device takes a short string and an optional index")
         return dev if index is None else f"{dev}:{index}"
     raise CheckpointError(f"'{marker.module}.{marker.name}' cannot be called")
 
@@ -212,6 +222,7 @@ def _reduce(marker: Global, args: tuple, limits: Limits, vm: "PickleVM"):
 # the VM
 # ---------------------------------------------------------------------------------------------
 _SCALARS = frozenset({str, bytes, int, float, complex, bool, type(None)})
+_MAX_KEY_INT = 2**63
 _REFUSED = {"INST": "instantiates arbitrary classes", "OBJ": "instantiates arbitrary classes",
             "NEWOBJ": "instantiates arbitrary classes",
             "NEWOBJ_EX": "instantiates arbitrary classes",
@@ -220,6 +231,10 @@ _REFUSED = {"INST": "instantiates arbitrary classes", "OBJ": "instantiates arbit
             "PERSID": "uses a text persistent id",
             "NEXT_BUFFER": "uses out-of-band buffers",
             "READONLY_BUFFER": "uses out-of-band buffers"}
+
+
+REDUCE_COST = 8  # opcodes a REDUCE counts as against max_ops
+SET_ELEMENT_COST = 3  # opcodes each element of set(list)/frozenset(list) counts as
 
 
 class OpCounter:
@@ -232,13 +247,15 @@ class OpCounter:
 class PickleVM:
     """Executes one pickle; see the module docstring for what it allows."""
 
-    def __init__(self, limits: Limits, counter: OpCounter,
+    def __init__(self, limits: Limits, counter: OpCounter, budget: ByteBudget,
                  persistent: Callable[[object], StorageRef] | None = None):
         self.limits = limits
         self.counter = counter
+        self.budget = budget
         self.persistent = persistent
         self.stack: list = []
         self.marks: list[int] = []
+        self.floor = 0
         self.memo: dict[int, object] = {}
         # id -> (container, {hash: count}) for dicts/sets of this load; id -> (tuple, depth)
         self._hashes: dict[int, tuple[object, dict[int, int]]] = {}
@@ -248,16 +265,28 @@ class PickleVM:
     # -- containers ---------------------------------------------------------------------------
     def _check_key(self, container, key) -> None:
         t = type(key)
-        if t not in _SCALARS:
-            if (t is not tuple or len(key) > self.limits.max_key_items
-                    or not all(type(e) in _SCALARS for e in key)):
-                raise CheckpointError(
-                    f"refused dict key or set element of type {t.__name__} (allowed: str, "
-                    "bytes, numbers, None and flat tuples of at most "
-                    f"{self.limits.max_key_items} of them)")
+        if t is int:
+            ok = -_MAX_KEY_INT < key < _MAX_KEY_INT
+        elif t in _SCALARS:
+            ok = True
+        else:
+            ok = (t is tuple and len(key) <= self.limits.max_key_items
+                  and all(type(e) in _SCALARS and (type(e) is not int
+                                                    or -_MAX_KEY_INT < e < _MAX_KEY_INT)
+                          for e in key))
+        if not ok:
+            raise CheckpointError(
+                f"refused dict key or set element {describe(key)} (allowed: str, bytes, "
+                "numbers (integers below 2**63), None and flat tuples of at most "
+                f"{self.limits.max_key_items} of them)")
+        if len(container) < self.limits.max_equal_hashes or key in container:
+            return  # too few keys to exceed the limit, or no new key
         entry = self._hashes.get(id(container))
-        if entry is None:
-            entry = self._hashes[id(container)] = (container, {})
+        if entry is None or entry[0] is not container:
+            counts: dict[int, int] = {}
+            for k in container:
+                counts[hash(k)] = counts.get(hash(k), 0) + 1
+            entry = self._hashes[id(container)] = (container, counts)
         counts = entry[1]
         h = hash(key)
         n = counts.get(h, 0) + 1
@@ -272,6 +301,10 @@ class PickleVM:
         return d
 
     def new_set(self, items, *, frozen: bool):
+        self.counter.left -= SET_ELEMENT_COST * len(items)
+        if self.counter.left < 0:
+            raise CheckpointError(f"pickle needs more than {self.limits.max_ops} steps "
+                                  "(max_ops)")
         s = set()
         for item in items:
             self._check_key(s, item)
@@ -302,14 +335,14 @@ class PickleVM:
             self._depth[id(t)] = (t, depth)
         return t
 
-    # -- the stack ----------------------------------------------------------------------------
+    # -- the stack (``floor``: the stack length at the innermost MARK) -------------------------
     def _pop(self):
-        if len(self.stack) <= (self.marks[-1] if self.marks else 0):
+        if len(self.stack) <= self.floor:
             raise CheckpointError("pickle stack underflow")
         return self.stack.pop()
 
     def _top(self):
-        if len(self.stack) <= (self.marks[-1] if self.marks else 0):
+        if len(self.stack) <= self.floor:
             raise CheckpointError("pickle stack underflow")
         return self.stack[-1]
 
@@ -317,33 +350,78 @@ class PickleVM:
         if not self.marks:
             raise CheckpointError("pickle MARK missing")
         k = self.marks.pop()
+        self.floor = self.marks[-1] if self.marks else 0
         items = self.stack[k:]
         del self.stack[k:]
         return items
 
     # -- run ----------------------------------------------------------------------------------
-    def run(self, stream: io.BytesIO):
+    def run(self, data: bytes, pos: int) -> tuple[object, int]:
+        """Execute the pickle at ``data[pos:]``; return (object, offset just past STOP)."""
         stack = self.stack
         counter = self.counter
-        for opcode, arg, _ in pickletools.genops(stream):
+        end = len(data)
+        handlers = [stack.append if name in _PUSH_ARG else getattr(self, f"op_{name}", None)
+                    for name in _NAMES]
+        while True:
+            if pos >= end:
+                raise CheckpointError("pickle is truncated (no STOP)")
+            code = data[pos]
+            pos += 1
             counter.left -= 1
             if counter.left < 0:
                 raise CheckpointError(f"pickle has more than {self.limits.max_ops} opcodes "
                                       "(max_ops)")
-            name = opcode.name
-            handler = _SIMPLE_PUSH.get(name)
+            kind = _ARG_KIND[code]
+            # -- decode the argument (fixed widths little-endian unless said otherwise) --------
+            if kind == _NO_ARG:
+                arg = None
+            elif kind <= _U8:  # unsigned fixed width: 1, 2, 4 or 8 bytes
+                width = _WIDTH[kind]
+                arg = int.from_bytes(data[pos:pos + width], "little")
+                pos += width
+            elif kind == _CONST:
+                arg = _CONSTANTS[code]
+            elif kind == _I4:
+                arg = int.from_bytes(data[pos:pos + 4], "little", signed=True)
+                pos += 4
+            elif kind == _F8:
+                arg = struct.unpack_from(">d", data, pos)[0] if pos + 8 <= end else None
+                pos += 8
+            elif kind <= _LONG4:  # counted: bytes, UTF-8 text, two's-complement integers
+                width = _COUNT_WIDTH[kind]
+                n = int.from_bytes(data[pos:pos + width], "little",
+                                   signed=kind in (_BINSTRING, _LONG4))
+                pos += width
+                if n < 0 or pos + n > end:
+                    raise CheckpointError(f"pickle is truncated ({_NAMES[code]} of {n} "
+                                          "bytes)")
+                arg = data[pos:pos + n]
+                pos += n
+                if kind in _UTF8_KINDS:
+                    arg = arg.decode("utf-8", "surrogatepass")
+                elif kind in _LONG_KINDS:
+                    arg = int.from_bytes(arg, "little", signed=True)
+            else:  # protocol 0 text argument: pickletools' own readers
+                stream = io.BytesIO(data)
+                stream.seek(pos)
+                arg = _TEXT_READERS[code](stream)
+                pos = stream.tell()
+            if pos > end:
+                raise CheckpointError(f"pickle is truncated ({_NAMES[code]})")
+            # -- execute --------------------------------------------------------------------------
+            handler = handlers[code]
             if handler is not None:
-                stack.append(handler(arg))
-                continue
-            if name == "STOP":
+                handler(arg)
+            elif _NAMES[code] == "STOP":
                 value = self._pop()
                 if stack or self.marks:
                     raise CheckpointError("pickle ends with items left on its stack")
-                return value
-            if name in _REFUSED:
-                raise CheckpointError(f"refused pickle opcode {name} (it {_REFUSED[name]})")
-            getattr(self, "op_" + name)(arg)
-        raise CheckpointError("pickle ends without STOP")  # genops raises first, in practice
+                return value, pos
+            else:
+                name = _NAMES[code] or f"0x{code:02x}"
+                raise CheckpointError(f"refused pickle opcode {name} (it "
+                                      f"{_REFUSED.get(name, 'is not a pickle opcode')})")
 
     # protocol / framing
     def op_PROTO(self, arg):
@@ -357,10 +435,11 @@ class PickleVM:
     def op_MARK(self, arg):
         if len(self.marks) >= self.limits.max_depth:
             raise CheckpointError(f"pickle MARKs nested deeper than {self.limits.max_depth}")
-        self.marks.append(len(self.stack))
+        self.floor = len(self.stack)
+        self.marks.append(self.floor)
 
     def op_POP(self, arg):
-        if len(self.stack) > (self.marks[-1] if self.marks else 0):
+        if len(self.stack) > self.floor:
             self.stack.pop()
         else:  # POP on an empty frame discards the MARK, as CPython's unpickler does
             self._pop_mark()
@@ -485,6 +564,7 @@ class PickleVM:
         self.stack.append(lookup_global(module, name))
 
     def op_REDUCE(self, arg):
+        self.counter.left -= REDUCE_COST - 1  # a call validates a whole argument tuple
         args = self._pop()
         func = self._pop()
         if type(func) is not Global:
@@ -512,32 +592,78 @@ class PickleVM:
         self.stack.append(self.persistent(pid))
 
 
-def _same(arg):
-    return arg  # genops already decoded the argument (protocol 0's I00/I01 -> False/True)
-
-
-_SIMPLE_PUSH: dict[str, Callable] = {
-    "NONE": lambda a: None, "NEWTRUE": lambda a: True, "NEWFALSE": lambda a: False,
-    "INT": _same, "BININT": _same, "BININT1": _same,
-    "BININT2": _same, "LONG": _same, "LONG1": _same,
-    "LONG4": _same, "FLOAT": _same, "BINFLOAT": _same,
-    "UNICODE": _same, "SHORT_BINUNICODE": _same, "BINUNICODE": _same,
-    "BINUNICODE8": _same, "BINBYTES": bytes, "SHORT_BINBYTES": bytes,
-    "BINBYTES8": bytes, "BYTEARRAY8": bytes,
+# opcode byte -> name (None: not an opcode); its argument's kind; protocol 0 text readers
+_NO_ARG, _U1, _U2, _U4, _U8, _CONST, _I4, _F8 = range(8)
+_BYTES1, _BYTES4, _BYTES8, _BINSTRING, _UTF8_1, _UTF8_4, _UTF8_8, _LONG1, _LONG4 = range(8, 17)
+_TEXT = 17
+_WIDTH = {_U1: 1, _U2: 2, _U4: 4, _U8: 8}
+_COUNT_WIDTH = {_BYTES1: 1, _BYTES4: 4, _BYTES8: 8, _BINSTRING: 4, _UTF8_1: 1, _UTF8_4: 4,
+                _UTF8_8: 8, _LONG1: 1, _LONG4: 4}
+_UTF8_KINDS = frozenset({_UTF8_1, _UTF8_4, _UTF8_8})
+_LONG_KINDS = frozenset({_LONG1, _LONG4})
+_OPCODES = {  # name: (byte, argument kind); the argument kinds of pickletools.opcodes
+    "MARK": (b"(", _NO_ARG), "STOP": (b".", _NO_ARG), "POP": (b"0", _NO_ARG),
+    "POP_MARK": (b"1", _NO_ARG), "DUP": (b"2", _NO_ARG), "FLOAT": (b"F", _TEXT),
+    "INT": (b"I", _TEXT), "BININT": (b"J", _I4), "BININT1": (b"K", _U1),
+    "LONG": (b"L", _TEXT), "BININT2": (b"M", _U2), "NONE": (b"N", _CONST),
+    "PERSID": (b"P", _TEXT), "BINPERSID": (b"Q", _NO_ARG), "REDUCE": (b"R", _NO_ARG),
+    "STRING": (b"S", _TEXT), "BINSTRING": (b"T", _BINSTRING),
+    "SHORT_BINSTRING": (b"U", _BYTES1), "UNICODE": (b"V", _TEXT),
+    "BINUNICODE": (b"X", _UTF8_4), "APPEND": (b"a", _NO_ARG), "BUILD": (b"b", _NO_ARG),
+    "GLOBAL": (b"c", _TEXT), "DICT": (b"d", _NO_ARG), "EMPTY_DICT": (b"}", _NO_ARG),
+    "APPENDS": (b"e", _NO_ARG), "GET": (b"g", _TEXT), "BINGET": (b"h", _U1),
+    "INST": (b"i", _TEXT), "LONG_BINGET": (b"j", _U4), "LIST": (b"l", _NO_ARG),
+    "EMPTY_LIST": (b"]", _NO_ARG), "OBJ": (b"o", _NO_ARG), "PUT": (b"p", _TEXT),
+    "BINPUT": (b"q", _U1), "LONG_BINPUT": (b"r", _U4), "SETITEM": (b"s", _NO_ARG),
+    "TUPLE": (b"t", _NO_ARG), "EMPTY_TUPLE": (b")", _NO_ARG), "SETITEMS": (b"u", _NO_ARG),
+    "BINFLOAT": (b"G", _F8), "PROTO": (b"\x80", _U1), "NEWOBJ": (b"\x81", _NO_ARG),
+    "EXT1": (b"\x82", _U1), "EXT2": (b"\x83", _U2), "EXT4": (b"\x84", _I4),
+    "TUPLE1": (b"\x85", _NO_ARG), "TUPLE2": (b"\x86", _NO_ARG), "TUPLE3": (b"\x87", _NO_ARG),
+    "NEWTRUE": (b"\x88", _CONST), "NEWFALSE": (b"\x89", _CONST), "LONG1": (b"\x8a", _LONG1),
+    "LONG4": (b"\x8b", _LONG4), "BINBYTES": (b"B", _BYTES4), "SHORT_BINBYTES": (b"C", _BYTES1),
+    "SHORT_BINUNICODE": (b"\x8c", _UTF8_1), "BINUNICODE8": (b"\x8d", _UTF8_8),
+    "BINBYTES8": (b"\x8e", _BYTES8), "EMPTY_SET": (b"\x8f", _NO_ARG),
+    "ADDITEMS": (b"\x90", _NO_ARG), "FROZENSET": (b"\x91", _NO_ARG),
+    "NEWOBJ_EX": (b"\x92", _NO_ARG), "STACK_GLOBAL": (b"\x93", _NO_ARG),
+    "MEMOIZE": (b"\x94", _NO_ARG), "FRAME": (b"\x95", _U8), "BYTEARRAY8": (b"\x96", _BYTES8),
+    "NEXT_BUFFER": (b"\x97", _NO_ARG), "READONLY_BUFFER": (b"\x98", _NO_ARG),
 }
+_NAMES: list[str | None] = [None] * 256
+_ARG_KIND: list[int] = [_NO_ARG] * 256
+for _name, (_byte, _kind) in _OPCODES.items():
+    _NAMES[_byte[0]], _ARG_KIND[_byte[0]] = _name, _kind
+_CONSTANTS = {ord("N"): None, 0x88: True, 0x89: False}
+_PUSH_ARG = frozenset({"INT", "BININT", "BININT1", "BININT2", "LONG", "LONG1", "LONG4",
+                       "FLOAT", "BINFLOAT", "UNICODE", "SHORT_BINUNICODE", "BINUNICODE",
+                       "BINUNICODE8", "BINBYTES", "SHORT_BINBYTES", "BINBYTES8", "BYTEARRAY8",
+                       "NONE", "NEWTRUE", "NEWFALSE"})
 
 
-def unpickle(data, start: int, limits: Limits, counter: OpCounter,
+def _read_py2_string(stream) -> bytes:
+    return codecs.escape_decode(pickletools.read_stringnl(stream, decode=False))[0]
+
+
+_TEXT_READERS = {
+    ord("F"): pickletools.read_floatnl, ord("I"): pickletools.read_decimalnl_short,
+    ord("L"): pickletools.read_decimalnl_long, ord("S"): _read_py2_string,
+    ord("V"): pickletools.read_unicodestringnl, ord("g"): pickletools.read_decimalnl_short,
+    ord("p"): pickletools.read_decimalnl_short,
+    ord("c"): pickletools.read_stringnl_noescape_pair,
+    ord("i"): pickletools.read_stringnl_noescape_pair, ord("P"): pickletools.read_stringnl,
+}
+assert all(_NAMES[code] is not None for code in _TEXT_READERS)
+assert set(_PUSH_ARG) | set(_REFUSED) | {"STOP"} | set(
+    name[3:] for name in vars(PickleVM) if name.startswith("op_")) >= set(_OPCODES)
+
+
+def unpickle(data: bytes, start: int, limits: Limits, counter: OpCounter, budget: ByteBudget,
              persistent: Callable[[object], StorageRef] | None = None) -> tuple[object, int]:
     """Run the pickle at ``data[start:]``; return (object, offset just past its STOP)."""
-    stream = io.BytesIO(data)
-    stream.seek(start)
-    vm = PickleVM(limits, counter, persistent)
+    vm = PickleVM(limits, counter, budget, persistent)
     try:
-        obj = vm.run(stream)
+        return vm.run(bytes(data) if type(data) is not bytes else data, start)
     except CheckpointError:
         raise
-    except (ValueError, OverflowError, UnicodeDecodeError, EOFError) as exc:
-        # genops: unknown opcode, truncated argument, malformed text number
+    except (ValueError, OverflowError, UnicodeDecodeError, struct.error) as exc:
+        # malformed argument: bad UTF-8, a text number that does not parse, ...
         raise CheckpointError(f"corrupt pickle: {str(exc)[:200]}") from None
-    return obj, stream.tell()

@@ -43,11 +43,8 @@ METADATA_KEY = "__metadata__"
 
 
 def is_safetensors(data: bytes) -> bool:
-    """Header length plausible and followed by ``{``: how the format is recognised."""
-    if len(data) < 9:
-        return False
-    n = int.from_bytes(data[:8], "little")
-    return n < len(data) and data[8:9] == b"{"
+    """An 8-byte length followed by ``{``: how the format is recognised (after the others)."""
+    return len(data) >= 9 and data[8:9] == b"{"
 
 
 def _no_duplicates(pairs):

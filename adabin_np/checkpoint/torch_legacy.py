@@ -22,16 +22,16 @@ PROTOCOL_VERSION = 1001
 
 def load(data: bytes, limits: Limits, budget: ByteBudget) -> dict[str, np.ndarray]:
     counter = OpCounter(limits)
-    magic, pos = unpickle(data, 0, limits, counter)
+    magic, pos = unpickle(data, 0, limits, counter, budget)
     if type(magic) is not int or magic != MAGIC_NUMBER:
         raise CheckpointError("not a PyTorch checkpoint (bad magic number)")
-    version, pos = unpickle(data, pos, limits, counter)
+    version, pos = unpickle(data, pos, limits, counter, budget)
     if type(version) is not int or version != PROTOCOL_VERSION:
         raise CheckpointError(f"unsupported legacy protocol version {describe(version)}")
-    _sys_info, pos = unpickle(data, pos, limits, counter)
+    _sys_info, pos = unpickle(data, pos, limits, counter, budget)
     storages = StorageTable(legacy=True, storage_dtype=storage_dtype)
-    obj, pos = unpickle(data, pos, limits, counter, storages)
-    keys, pos = unpickle(data, pos, limits, counter)
+    obj, pos = unpickle(data, pos, limits, counter, budget, storages)
+    keys, pos = unpickle(data, pos, limits, counter, budget)
     if type(keys) is not list or not all(type(k) is str for k in keys):
         raise CheckpointError("legacy storage key list is malformed")
     view = memoryview(data)

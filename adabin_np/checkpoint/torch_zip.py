@@ -39,9 +39,11 @@ def load(zf: zipfile.ZipFile, pkl_name: str, limits: Limits,
         if byteorder not in ("little", "big"):
             raise CheckpointError(f"unknown byteorder record {byteorder!r:.40}")
     storages = StorageTable(legacy=False, storage_dtype=storage_dtype)
-    # The pickle itself is bounded by the file (deflate ratio) and by max_bytes.
+    # The pickle (read, then copied to bytes once) is charged to max_bytes twice.
     data = read_member(zf, pkl_name, budget=budget)
-    obj, _ = unpickle(bytes(data), 0, limits, OpCounter(limits), storages)
+    budget.take(len(data), f"a copy of {pkl_name!r:.80}")
+    data = bytes(data)
+    obj, _ = unpickle(data, 0, limits, OpCounter(limits), budget, storages)
     del data
 
     def fetch(ref: StorageRef) -> bytearray:
