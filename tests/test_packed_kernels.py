@@ -1,0 +1,182 @@
+"""The packed kernels one by one (Larq Compute Engine style: every microkernel over the same
+grid, bit-exact against a plain NumPy reference and against each other).
+
+* each register-blocked tile (``tile_4x32_avx512``, ``tile_4x8_avx2``) against a NumPy
+  XOR/popcount sum, over taps, word ranges and offsets;
+* whole convolutions with each tile forced (``ADABIN_NP_TILE``) are bit-identical;
+* the AVX2 code path compiled for an AVX2-only CPU (``NUMBA_CPU_NAME=haswell`` with AVX-512
+  features off, in a subprocess) selects the AVX2 tile, emits no ``zmm``/``vpopcntq`` and
+  matches the float path;
+* ``weight_pack`` (one-pass weight set + signs) is bit-identical to ``weight_binary_set`` and
+  the float path's signs, for float32/float64 and scales 1e-310 .. 1e300;
+* float32 activations: the dtype-exact thresholds give the float path's bits right at
+  ``beta`` and its float32 neighbours, for both signs of alpha and ``|alpha| >= 2``.
+"""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+
+import adabin_np as ab
+from adabin_np import kernels_packed as KP
+from adabin_np import packed as P
+from adabin_np.binarize import pow2_row_scale
+from adabin_np.kernels_cpu import weight_stats
+from adabin_np.kernels_packed import microkernel as MK
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _popc(a):
+    a = np.asarray(a, dtype=np.uint64)
+    return np.unpackbits(a.view(np.uint8)).reshape(a.shape + (64,)).sum(-1).astype(np.int64)
+
+
+@pytest.mark.parametrize("variant", sorted(MK.TILES))
+@pytest.mark.parametrize("taps,wgm,q0,nq", [(1, 1, 0, 1), (9, 1, 0, 1), (9, 3, 1, 2),
+                                            (4, 8, 0, 8), (2, 5, 4, 1)])
+def test_tile_matches_numpy(variant, taps, wgm, q0, nq):
+    name, tp, jb = MK.TILES[variant]
+    tile = getattr(MK, name)
+    rng = np.random.default_rng(taps * 31 + wgm)
+    xa = rng.integers(0, 2**63, size=200, dtype=np.int64).view(np.uint64) * np.uint64(3)
+    offs = rng.integers(0, 200 - wgm, size=taps * tp).astype(np.int64)
+    wb = rng.integers(0, 2**63, size=7 + taps * wgm * jb, dtype=np.int64).view(np.uint64)
+    xout = np.full(5 + tp * jb, -1, dtype=np.int64)
+
+    from numba import njit
+
+    @njit
+    def call(xa, offs, wb, xout):
+        tile(xa, offs, wb, 7, taps, wgm, q0, nq, xout, 5)
+
+    call(xa, offs, wb, xout)
+    want = np.zeros((tp, jb), dtype=np.int64)
+    for t in range(taps):
+        for p in range(tp):
+            for q in range(q0, q0 + nq):
+                row = wb[7 + (t * wgm + q) * jb:7 + (t * wgm + q + 1) * jb]
+                want[p] += _popc(xa[offs[t * tp + p] + q] ^ row)
+    np.testing.assert_array_equal(xout[5:].reshape(tp, jb), want)
+    assert np.all(xout[:5] == -1)  # nothing written before xbase
+
+
+@pytest.mark.parametrize("case", [
+    dict(c=64, o=40, h=9, k=3, stride=1, pad=1, groups=1, per_channel=False),
+    dict(c=130, o=9, h=6, k=3, stride=2, pad=1, groups=1, per_channel=True),
+    dict(c=12, o=6, h=7, k=5, stride=1, pad=2, groups=3, per_channel=False),
+    dict(c=70, o=33, h=5, k=1, stride=1, pad=0, groups=1, per_channel=True),
+])
+def test_every_tile_gives_identical_convolutions(case, monkeypatch):
+    rng = np.random.default_rng(case["c"])
+    c, g = case["c"], case["groups"]
+    x = rng.standard_normal((2, c, case["h"], case["h"])).astype(np.float32)
+    w = rng.standard_normal((case["o"], c // g, case["k"], case["k"]))
+    if case["per_channel"]:
+        alpha, beta = rng.choice([0.5, -1.5, 3.0], c), rng.choice([-0.1, 0.2], c)
+    else:
+        alpha, beta = 0.8, 0.05
+    kw = dict(stride=case["stride"], padding=case["pad"], groups=g)
+    ys = []
+    for tile in ("avx512", "avx2"):
+        monkeypatch.setenv("ADABIN_NP_TILE", tile)
+        ys.append(P.packed_adabin_conv2d(x, w, alpha, beta, **kw))
+        ys.append(P.packed_conv_counts(x, w, alpha, beta, **kw))
+    np.testing.assert_array_equal(ys[0], ys[2])
+    for a, b in zip(ys[1], ys[3]):
+        np.testing.assert_array_equal(a, b)
+    y_float = ab.adabin_conv2d(x, w, alpha, beta, **kw)
+    np.testing.assert_allclose(ys[0], y_float, rtol=2e-6, atol=1e-5 * np.abs(y_float).max())
+
+
+def test_bad_tile_override_is_refused(monkeypatch):
+    monkeypatch.setenv("ADABIN_NP_TILE", "avx9000")
+    with pytest.raises(ValueError, match="ADABIN_NP_TILE"):
+        P.packed_adabin_conv2d(np.ones((1, 1, 2, 2)), np.ones((1, 1, 1, 1)), 1.0, 0.0)
+
+
+_AVX2_FEATURES = ("+64bit,+avx,+avx2,+bmi,+bmi2,+cmov,+cx16,+f16c,+fma,+fxsr,+lzcnt,+mmx,"
+                  "+movbe,+popcnt,+sse,+sse2,+sse3,+sse4.1,+sse4.2,+ssse3,+xsave,-avx512f,"
+                  "-avx512bw,-avx512cd,-avx512dq,-avx512vl,-avx512vpopcntdq,-avx512bitalg")
+
+
+def test_avx2_only_cpu_path_in_a_subprocess():
+    """Numba compiles for NUMBA_CPU_NAME/NUMBA_CPU_FEATURES (and caches per CPU): an AVX2-only
+    target must pick the AVX2 tile, contain no AVX-512 instruction and be exact."""
+    script = textwrap.dedent("""
+        import numpy as np, adabin_np as ab
+        from adabin_np import packed as P, kernels_packed as KP
+        assert KP.target_cpu() == ("haswell", "avx2"), KP.target_cpu()
+        assert KP.select_tile()[0] == 1
+        rng = np.random.default_rng(0)
+        x = rng.standard_normal((2, 70, 6, 6))
+        w = rng.standard_normal((20, 70, 3, 3))
+        for a, b in ((0.7, 0.1), (rng.uniform(0.5, 2, 70), rng.normal(0, .1, 70))):
+            y = P.packed_adabin_conv2d(x, w, a, b, padding=1)
+            yf = ab.adabin_conv2d(x, w, a, b, padding=1)
+            assert np.allclose(y, yf, rtol=1e-9, atol=1e-9 * np.abs(yf).max()), "mismatch"
+        asm = "".join(KP.bconv_forward.inspect_asm().values())
+        assert "zmm" not in asm and "vpopcntq" not in asm, "AVX-512 code for an AVX2 CPU"
+        assert "vpshufb" in asm, "no vector popcount"
+        print("AVX2-OK")
+    """)
+    env = dict(os.environ, NUMBA_CPU_NAME="haswell", NUMBA_CPU_FEATURES=_AVX2_FEATURES)
+    env.pop("ADABIN_NP_TILE", None)
+    res = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0 and "AVX2-OK" in res.stdout, res.stdout + res.stderr[-3000:]
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("scale", [1.0, 1e-300, 1e300, 1e-310, 3.0e38])
+def test_weight_pack_is_bit_identical_to_the_float_path(dtype, scale):
+    rng = np.random.default_rng(11)
+    w = rng.standard_normal((9, 70, 3, 3))
+    w[1] = 0.25                    # constant filter
+    w[2, :, 1, 1] = w[2].mean()    # not a tie in general; exercise the u >= 0 rule anyway
+    w[3] = rng.integers(-2, 3, size=w[3].shape) / 4.0  # dyadic: exact ties u == 0 happen
+    with np.errstate(over="ignore"):
+        w = (w * scale).astype(dtype)
+    if not np.isfinite(w).all() or (dtype == np.float32 and scale < 1e-30):
+        pytest.skip("not representable in this dtype")
+    w2 = w.reshape(9, -1)
+    alpha, beta, words, ties = KP.weight_pack(w2, 70, 9, 2)
+    ra, rb = ab.weight_binary_set(w)
+    np.testing.assert_array_equal(alpha, ra)
+    np.testing.assert_array_equal(beta, rb)
+    w2s, _ = pow2_row_scale(w2.astype(np.float64))
+    a_s, b_s = weight_stats(w2s)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        u = (w2s - b_s[:, None]) / a_s[:, None]
+    s = np.where(a_s[:, None] == 0, True, u >= 0).reshape(w.shape)
+    np.testing.assert_array_equal(
+        words.reshape(9, 3, 3, 2), P.pack_bits(np.where(s, 1.0, -1.0).transpose(0, 2, 3, 1)))
+    assert ties == int(np.sum((u == 0) & (a_s[:, None] != 0)))
+
+
+@pytest.mark.parametrize("alpha", [0.7, -0.7, 2.5, -3.0])
+@pytest.mark.parametrize("beta", [0.1, 0.25, -1e-40, 3.5e38, -1e300, 0.0])
+def test_float32_thresholds_match_the_float64_rule(alpha, beta):
+    b32 = np.float32(beta) if abs(beta) < 3e38 else np.float32(3e38)
+    cands = [b32, np.nextafter(b32, np.float32(np.inf)), np.nextafter(b32, np.float32(-np.inf)),
+             np.float32(0.0), np.float32(-0.0), np.float32(1.0), np.float32(-1.0),
+             np.float32(3.4e38), np.float32(-3.4e38), np.float32(1e-45), np.float32(-1e-45)]
+    x = np.array(cands, dtype=np.float32).reshape(1, 1, 1, -1)
+    v = (x.astype(np.float64) - beta) / alpha
+    want = v >= 0
+    xa, ties = P._pack_input(x, np.array([alpha]), np.array([beta]),
+                             P._channel_layout(np.array([alpha]), np.array([beta]), 1, False))
+    got = (xa[:-1, 0] & np.uint64(1)).astype(bool)
+    np.testing.assert_array_equal(got, want.reshape(-1))
+    assert ties == int(np.sum(v == 0))
+    assert xa[-1, 0] == 0  # the zero pixel for padded taps
+
+
+def test_roofline_probe_runs_every_tile():
+    for variant in MK.TILES:
+        res = KP.popcount_roofline(variant, 9, 2, 5, 2)
+        assert res.shape == (2,) and res[0] != res[1]  # copies differ by their seeds
