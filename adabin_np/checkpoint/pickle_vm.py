@@ -649,7 +649,7 @@ _TEXT_READERS = {
     ord("V"): pickletools.read_unicodestringnl, ord("g"): pickletools.read_decimalnl_short,
     ord("p"): pickletools.read_decimalnl_short,
     ord("c"): pickletools.read_stringnl_noescape_pair,
-    ord("i"): pickletools.read_stringnl_noescape_pair, ord("P"): pickletools.read_stringnl,
+    ord("i"): pickletools.read_stringnl_noescape_pair, ord("P"): pickletools.read_stringnl_noescape,
 }
 assert all(_NAMES[code] is not None for code in _TEXT_READERS)
 assert set(_PUSH_ARG) | set(_REFUSED) | {"STOP"} | set(
