@@ -6,9 +6,9 @@
 # Steps, each under its own time limit (all together well under 8 minutes on an H100/H200):
 #   1. environment: GPU, driver, Python packages          -> env.txt
 #   2. ptx_report with this machine's NVVM + ptxas          -> ptx_report_cuda.json
-#   3. tests/test_cuda.py on the GPU (no simulator)         -> tests_cuda.xml (+ the log)
-#   4. analysis/bench_cuda.py: packed conv vs cuDNN fp32/fp16, ResNet-18 layers at batch 1 and 8
+#   3. analysis/bench_cuda.py: packed conv vs cuDNN fp32/fp16, ResNet-18 layers at batch 1 and 8
 #      and the whole ResNet-18 binary stack                 -> bench_cuda.json
+#   4. tests/test_cuda.py on the GPU (no simulator)         -> tests_cuda.xml (+ the log)
 # Everything is also logged to gpu_check.log in the same folder. Nothing is installed from the
 # network: the package runs from this checkout (PYTHONPATH); numba-cuda, numpy, pytest and
 # hypothesis must be importable (torch with CUDA for the cuDNN rows, optional). A failing step
@@ -19,8 +19,30 @@ DEST="${OUT:-analysis/results/gpu_check_$(date -u +%Y%m%dT%H%M%SZ)}"
 mkdir -p "$DEST"
 LOG="$DEST/gpu_check.log"
 PY="${PYTHON:-python3}"
-export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
+# Compatibility shim, for this check only: numba-cuda 0.30.4 registers an overload of
+# np.row_stack, which NumPy 2.5 removed, so with NumPy >= 2.5 every real-GPU compile fails with
+# "module 'numpy' has no attribute 'row_stack'" (numba 0.68 itself guards it). row_stack was an
+# alias of vstack; a sitecustomize restores the alias in every Python process of this script
+# (the tests' subprocesses included) and then runs any sitecustomize it shadows.
+SHIM="$(mktemp -d)"
+cat > "$SHIM/sitecustomize.py" <<'EOF'
+import os as _os
+import sys as _sys
+
+import numpy as _np
+
+if not hasattr(_np, "row_stack"):
+    _np.row_stack = _np.vstack
+_here = _os.path.dirname(_os.path.abspath(__file__))
+for _p in _sys.path:
+    _f = _os.path.join(_p or ".", "sitecustomize.py")
+    if _os.path.abspath(_p or ".") != _here and _os.path.isfile(_f):
+        exec(compile(open(_f).read(), _f, "exec"), {"__name__": "sitecustomize", "__file__": _f})
+        break
+EOF
+export PYTHONPATH="$PWD:$SHIM${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1 PYTHONDONTWRITEBYTECODE=1
 unset NUMBA_ENABLE_CUDASIM
+export NUMBA_CUDA_LOW_OCCUPANCY_WARNINGS=0   # tiny test grids would flood the log
 
 step() { echo; echo "== $* ($(date -u +%H:%M:%S))"; }
 
@@ -49,7 +71,7 @@ EOF
   } | tee "$DEST/env.txt"
 
   step "2. ptx_report (sm_90, this machine's NVVM and ptxas)"
-  timeout 90 "$PY" - "$DEST/ptx_report_cuda.json" <<'EOF'
+  timeout 60 "$PY" - "$DEST/ptx_report_cuda.json" <<'EOF'
 import json, sys
 from adabin_np.cuda import ptx_report
 rows = ptx_report(cc=(9, 0))
@@ -59,20 +81,21 @@ open(sys.argv[1], "w").write(json.dumps(rows, indent=2))
 EOF
   echo "ptx_report exit $?"
 
-  step "3. CUDA tests on the GPU (ADABIN_CUDA_TESTS_ON_GPU=1, no simulator)"
+  step "3. benchmark: packed conv vs cuDNN"
+  timeout 170 "$PY" analysis/bench_cuda.py --out "$DEST/bench_cuda.json"
+  echo "bench exit $?"
+  step "4. CUDA tests on the GPU (ADABIN_CUDA_TESTS_ON_GPU=1, no simulator)"
   ADABIN_CUDA_TESTS_ON_GPU=1 timeout 150 "$PY" -m pytest -q -p no:cacheprovider -rs \
       --junitxml="$DEST/tests_cuda.xml" tests/test_cuda.py
   TESTS_RC=$?
   echo "tests exit $TESTS_RC"
   echo "$TESTS_RC" > "$DEST/.tests_rc"
 
-  step "4. benchmark: packed conv vs cuDNN"
-  timeout 200 "$PY" analysis/bench_cuda.py --out "$DEST/bench_cuda.json"
-  echo "bench exit $?"
   step "done"
 } 2>&1 | tee "$LOG"
 
 RC=$(cat "$DEST/.tests_rc" 2>/dev/null || echo 1)
 rm -f "$DEST/.tests_rc"
+rm -rf "$SHIM"
 echo "results in $DEST"
 exit "$RC"
