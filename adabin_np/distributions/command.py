@@ -28,11 +28,12 @@ def _positive_int(text):
 
 
 def _scheduler(text):
-    if text == "local" or (isinstance(text, str) and text.startswith(("tcp://", "tls://",
-                                                                        "inproc://"))):
-        return text
-    raise argparse.ArgumentTypeError(f"expected 'local' or a scheduler address tcp://HOST:PORT, "
-                                     f"got {text!r}")
+    from .stream import check_scheduler
+
+    try:
+        return check_scheduler(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def add_arguments(parser):

@@ -26,7 +26,6 @@ every mode.
 from __future__ import annotations
 
 import copy
-import math
 import os
 import platform
 import threading
@@ -38,7 +37,7 @@ import numpy as np
 
 from ..equalization import OBJECTIVES
 from ..validation import check_convention
-from .inputs import ArraySource, LabelReader, as_source
+from .inputs import LabelReader, as_source
 from .records import DEFAULT_FLIP_TOL, _check_int, _check_tol, _layer_set
 from .stats import ActivationStats
 from .summary import _check_objectives, jsonable, layer_entry, layer_spec, write_summary
@@ -168,6 +167,21 @@ class _Preparer:
 # ----------------------------------------------------------------------------------------------
 
 
+_SCHEMES = ("tcp", "tls", "inproc", "ucx", "ws", "wss")
+
+
+def check_scheduler(scheduler):
+    """``None``, ``"local"`` or a ``SCHEME://HOST[:PORT]`` dask scheduler address."""
+    if scheduler is None or scheduler == "local":
+        return scheduler
+    if isinstance(scheduler, str) and "://" in scheduler:
+        scheme, _, rest = scheduler.partition("://")
+        if scheme in _SCHEMES and rest:
+            return scheduler
+    raise ValueError(f"scheduler must be None, 'local' or a dask scheduler address such as "
+                     f"'tcp://HOST:PORT' (schemes {', '.join(_SCHEMES)}), got {scheduler!r}")
+
+
 def make_client(scheduler, n_workers=None):
     """``(client, cluster_or_None)`` for ``"local"`` or a ``tcp://HOST:PORT`` address."""
     try:
@@ -181,10 +195,7 @@ def make_client(scheduler, n_workers=None):
                                dashboard_address=":0",
                                env={"NUMBA_NUM_THREADS": threads, "OMP_NUM_THREADS": threads})
         return Client(cluster), cluster
-    if isinstance(scheduler, str) and "://" in scheduler:
-        return Client(scheduler), None
-    raise ValueError(f"scheduler must be None, 'local' or a 'tcp://HOST:PORT' address, got "
-                     f"{scheduler!r}")
+    return Client(check_scheduler(scheduler)), None
 
 
 def _versions():
@@ -313,6 +324,7 @@ def analyze_model(model, inputs, *, labels=None, out_dir=None, name="model", con
         raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
     if client is not None and scheduler is not None:
         raise ValueError("give client or scheduler, not both")
+    scheduler = check_scheduler(scheduler)
     if n_workers is not None:
         n_workers = _check_int(n_workers, "n_workers", 1)
     layers = list(model.binary_layers())
