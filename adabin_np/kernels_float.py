@@ -159,6 +159,24 @@ def _term(prod, count):
     return prod * count
 
 
+@njit(cache=True)
+def _border_weight_counts(wtap, o, s, oh, ow, h_, w_, kh, kw, sh, sw, ph, pw, dh, dw):
+    """Weights of segment ``s`` with sign +1 / -1 over the valid taps of pixel (oh, ow)."""
+    wp = 0
+    wm = 0
+    for ki in range(kh):
+        ih = oh * sh - ph + ki * dh
+        if ih < 0 or ih >= h_:
+            continue
+        for kj in range(kw):
+            iw = ow * sw - pw + kj * dw
+            if iw < 0 or iw >= w_:
+                continue
+            wp += wtap[0, o, s, ki * kw + kj]
+            wm += wtap[1, o, s, ki * kw + kj]
+    return wp, wm
+
+
 @njit(cache=True, parallel=True)
 def combine_counts(r, wtap, seg_len, g_seg0, g_seg1, prods, ties, n0, n1, h_, w_, kh, kw,
                    sh, sw, ph, pw, dh, dw, y):
@@ -169,7 +187,13 @@ def combine_counts(r, wtap, seg_len, g_seg0, g_seg1, prods, ties, n0, n1, h_, w_
     sum s_a|s_w|, |s_a| s_w (row ``O_g``: sum |s_a|), |s_a||s_w|. ``wtap[k, o, s, tap]``:
     number of weights with sign +1 (k = 0) / -1 (k = 1) of segment ``s`` at ``tap``; the
     valid taps' sums give the weight marginals (zero-padding correction at border pixels).
-    Level index 0, 1, 2 = sign +1, -1, 0. Segments are added in ascending order.
+    Level index 0, 1, 2 = sign +1, -1, 0. Per pixel, segments are added in ascending order
+    and the terms of a segment in the order (++, +-, -+, --[, +0, -0, 0+, 0-, 00]).
+
+    Counts are exact integers held in float64 (all below 2**53). Interior pixels without ties
+    and with finite level products take a branch-free loop (a zero count then contributes
+    ``P * 0 = 0``); everywhere else a term with count 0 is skipped, so an overflowing product
+    that no tap uses never turns into ``inf * 0``.
     """
     _, o_, out_h, out_w = y.shape
     og = r.shape[2] - 1
@@ -182,44 +206,68 @@ def combine_counts(r, wtap, seg_len, g_seg0, g_seg1, prods, ties, n0, n1, h_, w_
             for t in range(taps):
                 wtot[0, o, s] += wtap[0, o, s, t]
                 wtot[1, o, s] += wtap[1, o, s, t]
+    finite = np.all(np.isfinite(prods))
+    # interior output columns: every tap in bounds
+    vw_arr = np.zeros(out_w, dtype=np.int64)
+    for ow in range(out_w):
+        for kj in range(kw):
+            iw = ow * sw - pw + kj * dw
+            if 0 <= iw < w_:
+                vw_arr[ow] += 1
+    ow_lo = out_w
+    ow_hi = out_w
+    for ow in range(out_w):
+        if vw_arr[ow] == kw:
+            if ow_lo == out_w:
+                ow_lo = ow
+            ow_hi = ow + 1
+    if ow_lo == out_w:
+        ow_hi = ow_lo
     for task in prange((n1 - n0) * o_):
         nl = task // o_
         o = task % o_
         n = n0 + nl
         g = o // og
         ol = o % og
+        acc = np.zeros(out_w)
         for oh in range(out_h):
             vh = 0
             for ki in range(kh):
                 ih = oh * sh - ph + ki * dh
                 if 0 <= ih < h_:
                     vh += 1
-            for ow in range(out_w):
-                vw = 0
-                for kj in range(kw):
-                    iw = ow * sw - pw + kj * dw
-                    if 0 <= iw < w_:
-                        vw += 1
-                interior = vh == kh and vw == kw
-                p = nl * hw + oh * out_w + ow
-                acc = 0.0
-                for s in range(g_seg0[g], g_seg1[g]):
-                    if interior:
+            p0 = nl * hw + oh * out_w
+            acc[:] = 0.0
+            for s in range(g_seg0[g], g_seg1[g]):
+                pr = prods[o, s]
+                fast = finite and not ties and vh == kh
+                if fast:
+                    # branch-free loop over the interior columns (all taps in bounds)
+                    n_all = float(taps * seg_len[s])
+                    s_as = float(wtot[0, o, s] - wtot[1, o, s])
+                    p00 = pr[0, 0]
+                    p01 = pr[0, 1]
+                    p10 = pr[1, 0]
+                    p11 = pr[1, 1]
+                    for ow in range(ow_lo, ow_hi):
+                        s_ss = float(r[0, s, ol, p0 + ow])
+                        s_sa = float(r[0, s, og, p0 + ow])
+                        c_pp = (n_all + s_ss + s_sa + s_as) * 0.25
+                        c_pm = (n_all - s_ss + s_sa - s_as) * 0.25
+                        c_mp = (n_all - s_ss - s_sa + s_as) * 0.25
+                        c_mm = (n_all + s_ss - s_sa - s_as) * 0.25
+                        acc[ow] += ((p00 * c_pp + p01 * c_pm) + p10 * c_mp) + p11 * c_mm
+                for ow in range(out_w):
+                    if fast and ow_lo <= ow < ow_hi:
+                        continue
+                    p = p0 + ow
+                    vw = vw_arr[ow]
+                    if vh == kh and vw == kw:
                         wp = wtot[0, o, s]
                         wm = wtot[1, o, s]
                     else:
-                        wp = 0
-                        wm = 0
-                        for ki in range(kh):
-                            ih = oh * sh - ph + ki * dh
-                            if ih < 0 or ih >= h_:
-                                continue
-                            for kj in range(kw):
-                                iw = ow * sw - pw + kj * dw
-                                if iw < 0 or iw >= w_:
-                                    continue
-                                wp += wtap[0, o, s, ki * kw + kj]
-                                wm += wtap[1, o, s, ki * kw + kj]
+                        wp, wm = _border_weight_counts(wtap, o, s, oh, ow, h_, w_, kh, kw,
+                                                       sh, sw, ph, pw, dh, dw)
                     s_ss = np.int64(r[0, s, ol, p])
                     s_sa = np.int64(r[0, s, og, p])           # sum s_a = n+ - n-
                     if ties:
@@ -238,7 +286,6 @@ def combine_counts(r, wtap, seg_len, g_seg0, g_seg1, prods, ties, n0, n1, h_, w_
                     c_pm = (s_aa - s_ss + s_sw - s_as) // 4
                     c_mp = (s_aa - s_ss - s_sw + s_as) // 4
                     c_mm = (s_aa + s_ss - s_sw - s_as) // 4
-                    pr = prods[o, s]
                     t = _term(pr[0, 0], c_pp) + _term(pr[0, 1], c_pm)
                     t = t + _term(pr[1, 0], c_mp) + _term(pr[1, 1], c_mm)
                     if ties:
@@ -251,8 +298,9 @@ def combine_counts(r, wtap, seg_len, g_seg0, g_seg1, prods, ties, n0, n1, h_, w_
                         t = t + _term(pr[0, 2], c_p0) + _term(pr[1, 2], c_m0)
                         t = t + _term(pr[2, 0], c_0p) + _term(pr[2, 1], c_0m)
                         t = t + _term(pr[2, 2], c_00)
-                    acc += t
-                y[n, o, oh, ow] = acc
+                    acc[ow] += t
+            for ow in range(out_w):
+                y[n, o, oh, ow] = acc[ow]
     return y
 
 
