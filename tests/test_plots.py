@@ -152,9 +152,9 @@ def test_landscape_common_axes_and_entropy_independent_of_alpha():
 
 
 def test_write_figures_pages(layers, tmp_path):
-    nine = [dict(la, name=f"l{i}") for i, la in enumerate(layers + layers[:4])]
-    paths = plots.write_figures(nine, tmp_path, title="m", layers_per_figure=9)
-    assert [p.name for p in paths] == ["layers_01.png", "layers_02.png", "layers_03.png",
-                                       "summary.png"]
+    # 5 layers, 9 asked for a page: capped at MAX_LAYERS_PER_PAGE = 4, so two pages
+    paths = plots.write_figures(layers, tmp_path, title="m", layers_per_figure=9)
+    assert plots.MAX_LAYERS_PER_PAGE == 4
+    assert [p.name for p in paths] == ["layers_01.png", "layers_02.png", "summary.png"]
     for p in paths:
         assert p.read_bytes()[:8] == PNG_MAGIC
