@@ -75,12 +75,13 @@ from .compare import (FieldReport, OracleReport, assert_grads_match, assert_matc
                       compare_with_oracle)
 from .correlate import _corr, _corr_t_input, _corr_t_weight  # noqa: F401 (used by tests)
 from .flip_masks import DEFAULT_TOL, conv_flip_risk, flip_risk, weight_flip_risk
-from .strategies import (DEGENERATE_WEIGHTS, REALISTIC_WEIGHTS, ConvCase, ConvShape,
+from .strategies import (DEGENERATE_WEIGHTS, DTYPES, REALISTIC_WEIGHTS, ConvCase, ConvShape,
                          activations, binary_sets, conv_cases, conv_shapes, conventions, weights)
 
 __all__ = [
     "DEFAULT_TOL",
     "DEGENERATE_WEIGHTS",
+    "DTYPES",
     "REALISTIC_WEIGHTS",
     "ConvCase",
     "ConvShape",
