@@ -188,6 +188,20 @@ def test_ptx_report_errors(monkeypatch):
     with pytest.raises(RuntimeError, match="pip install nvidia-cuda-nvcc-cu12"):
         report._report_in_process((9, 0), ["act_forward"])
 
+    # libNVVM missing: numba-cuda's compile raises; the report names the wheels instead
+    import numba.cuda
+
+    class NvvmSupportError(Exception):
+        pass
+
+    def no_nvvm(*args, **kwargs):
+        raise NvvmSupportError("libNVVM cannot be found. Do `conda install cudatoolkit`")
+
+    monkeypatch.setattr(report, "find_ptxas", lambda: "/bin/true")
+    monkeypatch.setattr(numba.cuda, "compile_ptx", no_nvvm, raising=False)
+    with pytest.raises(RuntimeError, match="NVVM.*pip install nvidia-cuda-nvcc-cu12"):
+        report._report_in_process((9, 0), ["act_forward"])
+
 
 def test_every_kernel_has_a_signature():
     """ptx_report compiles every @cuda.jit kernel of the module (none forgotten)."""

@@ -635,8 +635,10 @@ def packed_adabin_conv2d_cuda(x, w, alpha_c, beta_c, params, official):
     Padded taps contribute 0. When ``(d_a, c_a)`` is constant within each group (in particular
     for a scalar ``alpha``, ``beta``) this word-wide popcount form runs
     (:func:`~adabin_np.cuda.kernels.packed_conv_scalar`); otherwise the same expansion is
-    taken per input channel with exact integer per-channel counts
-    (:func:`~adabin_np.cuda.kernels.packed_conv_perchannel`). Steps on the device: weight
+    summed over *segments* (runs of channels of one packed word with equal levels), each with
+    exact popcounts under its bit mask (:func:`~adabin_np.cuda.kernels.packed_conv_perchannel`).
+    Launch shape: :func:`conv_geometry` (at least :data:`TARGET_BLOCKS` blocks where the layer
+    allows, 50% theoretical occupancy on sm_90). Steps on the device: weight
     sets, packing of activations and weights, convolution; one copy in per input, one copy out.
 
     Returns float64 ``(N, O, out_h, out_w)`` (NCHW).
