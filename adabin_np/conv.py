@@ -104,8 +104,8 @@ def _conv_backward(x, w, gy, p):
         gyc = gyt[:, :, n0 * pix:n0 * pix + rows]
         _kf.pad_nhwc(x, n0, ph, pw, xp)
         _kf.im2col(xp, *geo, col)
-        _kf.gemm_acc(gyc, col, dwt, True)
-        _kf.gemm_acc(gyc.transpose(0, 2, 1), wt, dcol, False)
+        _kf.gemm_acc(gyc, col, dwt, True, 16)    # long reduction: reuse b rows
+        _kf.gemm_acc(gyc.transpose(0, 2, 1), wt, dcol, False, 4)
         dxp.fill(0.0)
         _kf.col2im_add(dcol, *geo, dxp)
         _kf.unpad_nchw(dxp, n0, ph, pw, dx)

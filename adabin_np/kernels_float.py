@@ -313,86 +313,86 @@ _NB = 64   # columns of C per tile (the vectorised direction)
 
 
 @njit(cache=True, parallel=True)
-def gemm_acc(a, b, c, accumulate):
+def gemm_acc(a, b, c, accumulate, rb):
     """``c[g] (+)= a[g] @ b[g]`` for a (G, M, K), b (G, K, N), c (G, M, N); float64.
 
     Each ``c[g, i, j]`` is one accumulator, starting from its current value (``accumulate``)
     or 0, that adds ``a[g, i, k] * b[g, k, j]`` for ``k = 0 .. K-1`` in that order (written
-    out four ``k`` at a time as ``(((c + a0 b0) + a1 b1) + a2 b2) + a3 b3``, the same order).
-    Tiles of 4 x 64 outputs are the parallel work items; the order of the additions within an
-    output never depends on the tiling or on the number of threads. ``a`` may have any
-    strides; ``b`` and ``c`` are C-contiguous.
+    out four ``k`` at a time as ``(((c + a0 b0) + a1 b1) + a2 b2) + a3 b3``: the same order,
+    no FMA contraction). Register block: 4 rows x 4 ``k`` per pass over a 64-column strip,
+    vectorised across the columns. Parallel work items: ``4*rb`` rows x 64 columns, whose four
+    rows of ``b`` are reused from L1 by all ``rb`` row blocks. The order of the additions
+    within an output never depends on ``rb``, the tiling or the number of threads. ``a`` may
+    have any strides; ``b`` and ``c`` are C-contiguous.
     """
     g_, m_, k_ = a.shape
     n_ = b.shape[2]
-    mt = (m_ + _MB - 1) // _MB
+    ms = rb * _MB
+    st = (m_ + ms - 1) // ms
     nt = (n_ + _NB - 1) // _NB
-    for task in prange(g_ * mt * nt):
-        g = task // (mt * nt)
-        rem = task % (mt * nt)
-        i0 = (rem // nt) * _MB
+    for task in prange(g_ * st * nt):
+        g = task // (st * nt)
+        rem = task % (st * nt)
+        i0 = (rem // nt) * ms
         j0 = (rem % nt) * _NB
-        im = min(_MB, m_ - i0)
+        rows = min(ms, m_ - i0)
         jn = min(_NB, n_ - j0)
-        acc = np.zeros((_MB, _NB))
+        full = (rows // _MB) * _MB
+        acc = np.zeros((ms, _NB))
         if accumulate:
-            for ii in range(im):
+            for ii in range(rows):
                 for j in range(jn):
                     acc[ii, j] = c[g, i0 + ii, j0 + j]
-        if im == _MB:
-            k = 0
-            while k + 3 < k_:
-                a0 = a[g, i0, k]
-                a1 = a[g, i0 + 1, k]
-                a2 = a[g, i0 + 2, k]
-                a3 = a[g, i0 + 3, k]
-                e0 = a[g, i0, k + 1]
-                e1 = a[g, i0 + 1, k + 1]
-                e2 = a[g, i0 + 2, k + 1]
-                e3 = a[g, i0 + 3, k + 1]
-                f0 = a[g, i0, k + 2]
-                f1 = a[g, i0 + 1, k + 2]
-                f2 = a[g, i0 + 2, k + 2]
-                f3 = a[g, i0 + 3, k + 2]
-                h0 = a[g, i0, k + 3]
-                h1 = a[g, i0 + 1, k + 3]
-                h2 = a[g, i0 + 2, k + 3]
-                h3 = a[g, i0 + 3, k + 3]
-                b0 = b[g, k, j0:j0 + jn]
-                b1 = b[g, k + 1, j0:j0 + jn]
-                b2 = b[g, k + 2, j0:j0 + jn]
-                b3 = b[g, k + 3, j0:j0 + jn]
+        k = 0
+        while k + 3 < k_:
+            b0 = b[g, k, j0:j0 + jn]
+            b1 = b[g, k + 1, j0:j0 + jn]
+            b2 = b[g, k + 2, j0:j0 + jn]
+            b3 = b[g, k + 3, j0:j0 + jn]
+            for ib in range(0, full, _MB):
+                i = i0 + ib
+                a0 = a[g, i, k]
+                a1 = a[g, i + 1, k]
+                a2 = a[g, i + 2, k]
+                a3 = a[g, i + 3, k]
+                e0 = a[g, i, k + 1]
+                e1 = a[g, i + 1, k + 1]
+                e2 = a[g, i + 2, k + 1]
+                e3 = a[g, i + 3, k + 1]
+                f0 = a[g, i, k + 2]
+                f1 = a[g, i + 1, k + 2]
+                f2 = a[g, i + 2, k + 2]
+                f3 = a[g, i + 3, k + 2]
+                h0 = a[g, i, k + 3]
+                h1 = a[g, i + 1, k + 3]
+                h2 = a[g, i + 2, k + 3]
+                h3 = a[g, i + 3, k + 3]
                 for j in range(jn):
                     x0 = b0[j]
                     x1 = b1[j]
                     x2 = b2[j]
                     x3 = b3[j]
-                    acc[0, j] = (((acc[0, j] + a0 * x0) + e0 * x1) + f0 * x2) + h0 * x3
-                    acc[1, j] = (((acc[1, j] + a1 * x0) + e1 * x1) + f1 * x2) + h1 * x3
-                    acc[2, j] = (((acc[2, j] + a2 * x0) + e2 * x1) + f2 * x2) + h2 * x3
-                    acc[3, j] = (((acc[3, j] + a3 * x0) + e3 * x1) + f3 * x2) + h3 * x3
-                k += 4
-            while k < k_:
-                a0 = a[g, i0, k]
-                a1 = a[g, i0 + 1, k]
-                a2 = a[g, i0 + 2, k]
-                a3 = a[g, i0 + 3, k]
-                b0 = b[g, k, j0:j0 + jn]
+                    acc[ib, j] = (((acc[ib, j] + a0 * x0) + e0 * x1) + f0 * x2) + h0 * x3
+                    acc[ib + 1, j] = (((acc[ib + 1, j] + a1 * x0) + e1 * x1) + f1 * x2) + h1 * x3
+                    acc[ib + 2, j] = (((acc[ib + 2, j] + a2 * x0) + e2 * x1) + f2 * x2) + h2 * x3
+                    acc[ib + 3, j] = (((acc[ib + 3, j] + a3 * x0) + e3 * x1) + f3 * x2) + h3 * x3
+            for ii in range(full, rows):
+                a0 = a[g, i0 + ii, k]
+                e0 = a[g, i0 + ii, k + 1]
+                f0 = a[g, i0 + ii, k + 2]
+                h0 = a[g, i0 + ii, k + 3]
                 for j in range(jn):
-                    x0 = b0[j]
-                    acc[0, j] += a0 * x0
-                    acc[1, j] += a1 * x0
-                    acc[2, j] += a2 * x0
-                    acc[3, j] += a3 * x0
-                k += 1
-        else:
-            for ii in range(im):
-                for k in range(k_):
-                    av = a[g, i0 + ii, k]
-                    b0 = b[g, k, j0:j0 + jn]
-                    for j in range(jn):
-                        acc[ii, j] += av * b0[j]
-        for ii in range(im):
+                    acc[ii, j] = (((acc[ii, j] + a0 * b0[j]) + e0 * b1[j]) + f0 * b2[j]) \
+                        + h0 * b3[j]
+            k += 4
+        while k < k_:
+            b0 = b[g, k, j0:j0 + jn]
+            for ii in range(rows):
+                av = a[g, i0 + ii, k]
+                for j in range(jn):
+                    acc[ii, j] += av * b0[j]
+            k += 1
+        for ii in range(rows):
             for j in range(jn):
                 c[g, i0 + ii, j0 + j] = acc[ii, j]
     return c

@@ -282,15 +282,15 @@ def test_adabin_linear_matches_reference():
 
 
 @settings(max_examples=40, deadline=None)
-@given(st.integers(1, 9), st.integers(1, 9), st.integers(1, 130), st.integers(1, 3),
-       st.booleans(), st.booleans(), st.integers(0, 2**31 - 1))
-def test_gemm_bitwise_equals_sequential_sum(m, k, n, g, accumulate, transposed, seed):
+@given(st.integers(1, 40), st.integers(1, 9), st.integers(1, 130), st.integers(1, 3),
+       st.booleans(), st.booleans(), st.integers(1, 5), st.integers(0, 2**31 - 1))
+def test_gemm_bitwise_equals_sequential_sum(m, k, n, g, accumulate, transposed, rb, seed):
     rng = np.random.default_rng(seed)
     a = rng.normal(size=(g, k, m)).transpose(0, 2, 1) if transposed else rng.normal(size=(g, m, k))
     b = rng.normal(size=(g, k, n))
     c0 = rng.normal(size=(g, m, n))
     c = c0.copy()
-    kf.gemm_acc(a, b, c, accumulate)
+    kf.gemm_acc(a, b, c, accumulate, rb)
     want = c0.copy() if accumulate else np.zeros((g, m, n))
     for kk in range(k):
         want = want + a[:, :, kk, None] * b[:, None, kk, :]
