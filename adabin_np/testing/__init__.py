@@ -72,7 +72,7 @@ unbiased (n - 1) standard deviation.
 from __future__ import annotations
 
 from .compare import (FieldReport, OracleReport, assert_grads_match, assert_matches_oracle,
-                      compare_with_oracle)
+                      compare_with_oracle, load_case)
 from .correlate import _corr, _corr_t_input, _corr_t_weight  # noqa: F401 (used by tests)
 from .flip_masks import DEFAULT_TOL, conv_flip_risk, flip_risk, weight_flip_risk
 from .strategies import (DEGENERATE_WEIGHTS, DTYPES, REALISTIC_WEIGHTS, ConvCase, ConvShape,
@@ -97,6 +97,7 @@ __all__ = [
     "conv_shapes",
     "conventions",
     "flip_risk",
+    "load_case",
     "weight_flip_risk",
     "weights",
 ]

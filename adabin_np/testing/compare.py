@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import os
+import tempfile
 from typing import NamedTuple
 
 import numpy as np
@@ -209,8 +211,12 @@ def _split_actual(actual, names):
 
 
 def compare_with_oracle(actual, op, *args, rtol=None, atol=None, tol=None, forgive_ties=False,
-                        max_rows=8, **kwargs):
-    """Like :func:`assert_matches_oracle` but return the :class:`OracleReport`, never raise it."""
+                        max_rows=8, _save=False, **kwargs):
+    """Like :func:`assert_matches_oracle` but return the :class:`OracleReport`, never raise it.
+
+    A failing report names the case (``report.case``: arrays by dtype and shape, scalars in full
+    precision); :func:`assert_matches_oracle` also saves it as an ``.npz`` to re-run.
+    """
     name = _resolve_op(op)
     oracle, expect, names = _OPS[name]
     if callable(actual) and not hasattr(actual, "shape"):
@@ -240,7 +246,78 @@ def compare_with_oracle(actual, op, *args, rtol=None, atol=None, tol=None, forgi
                           _Ctx(tol, bool(forgive_ties)))
     reports = tuple(_compare_field(f, values[f.name].astype(np.float64), rtol, atol, max_rows)
                     for f in fields if f.name in values)
-    return OracleReport(name, reports, rtol, atol, tol)
+    report = OracleReport(name, reports, rtol, atol, tol)
+    if not report.ok:
+        report = report._replace(case=_describe_case(name, dict(bound.arguments)))
+    if not report.ok and _save:
+        settings = dict(rtol=rtol, atol=atol, tol=tol, forgive_ties=bool(forgive_ties))
+        path = _save_case(name, dict(bound.arguments), values, settings)
+        report = report._replace(case=report.case + (
+            f"\n  re-run: actual, op, kwargs = adabin_np.testing.load_case({path!r}); "
+            "adabin_np.testing.assert_matches_oracle(actual, op, **kwargs)" if path else ""))
+    return report
+
+
+def _describe_case(op, arguments):
+    """One line naming every argument: arrays by dtype and shape, scalars in full precision."""
+    parts = []
+    for key, value in arguments.items():
+        arr = np.asarray(value) if not isinstance(value, str) else None
+        if arr is not None and arr.ndim > 0 and arr.size > 8:
+            parts.append(f"{key}=<{arr.dtype} {arr.shape}>")
+        elif arr is not None and arr.ndim > 0:
+            parts.append(f"{key}={[float(v) for v in arr.ravel()]!r}")
+        else:
+            parts.append(f"{key}={value!r}")
+    return f"  case: {op}({', '.join(parts)})"
+
+
+def _case_dir():
+    return os.environ.get("ADABIN_NP_CASE_DIR") or os.path.join(tempfile.gettempdir(),
+                                                                "adabin_np_cases")
+
+
+def _save_case(op, arguments, values, settings):
+    """Save a failing case as ``<dir>/<op>-<digest>.npz`` (no pickles); return its path."""
+    data = {"__op__": np.array(op)}
+    for key, value in arguments.items():
+        data["arg_" + key] = np.asarray(value)
+    for key, value in values.items():
+        data["actual_" + key] = np.asarray(value)
+    for key, value in settings.items():
+        data["set_" + key] = np.asarray(value)
+    try:
+        directory = _case_dir()
+        os.makedirs(directory, exist_ok=True)
+        path = os.path.join(directory, f"{op}-{_digest(data)[:16]}.npz")
+        np.savez(path, **data)
+    except OSError:
+        return ""
+    return path
+
+
+def _from_saved(a):
+    if a.dtype.kind == "U":
+        return str(a)
+    if a.ndim == 0:
+        return a.item()
+    if a.dtype.kind in "iu" and a.ndim == 1:
+        return tuple(int(v) for v in a)
+    return a
+
+
+def load_case(path):
+    """Load a case saved by a failing :func:`assert_matches_oracle`: ``(actual, op, kwargs)``.
+
+    ``assert_matches_oracle(actual, op, **kwargs)`` re-runs the comparison exactly (the
+    oracle's arguments, your values and the tolerances are all in the ``.npz``; no pickles).
+    """
+    with np.load(path, allow_pickle=False) as f:
+        op = str(f["__op__"])
+        kwargs = {k[4:]: _from_saved(f[k]) for k in f.files if k.startswith("arg_")}
+        kwargs.update({k[4:]: _from_saved(f[k]) for k in f.files if k.startswith("set_")})
+        actual = {k[7:]: np.array(f[k]) for k in f.files if k.startswith("actual_")}
+    return actual, op, kwargs
 
 
 _CACHE = {}  # the last few expectations: comparing several implementations on one case
@@ -342,7 +419,8 @@ def assert_matches_oracle(actual, op, *args, rtol=None, atol=None, tol=None, for
     ...                       x, w, 0.8, 0.1, gy)                     # doctest: +SKIP
     """
     report = compare_with_oracle(actual, op, *args, rtol=rtol, atol=atol, tol=tol,
-                                 forgive_ties=forgive_ties, max_rows=max_rows, **kwargs)
+                                 forgive_ties=forgive_ties, max_rows=max_rows, _save=True,
+                                 **kwargs)
     if not report.ok:
         raise AssertionError(str(report))
     return report
