@@ -13,6 +13,12 @@ Entry points: :func:`is_available`, :func:`is_simulator`, :func:`binarize_activa
 :func:`binarize_weights_cuda`, :func:`binarize_weights_grad_cuda`, :func:`pack_bits_cuda`,
 :func:`pack_weight_bits_cuda`, :func:`packed_adabin_conv2d_cuda` (behind
 ``packed_adabin_conv2d(..., device="cuda")``), :func:`ptx_report`.
+
+Checked on real hardware with ``analysis/gpu_check.sh`` (NVIDIA H200: the CUDA tests pass
+without the simulator; figures in ``analysis/results/bench_cuda.json``). Known environment
+issue: numba-cuda 0.30.4 with NumPy >= 2.5 fails at the first real-GPU compile
+(``module 'numpy' has no attribute 'row_stack'``); the script restores that alias for its own
+processes, a user must upgrade numba-cuda or use NumPy < 2.5.
 """
 
 from __future__ import annotations
