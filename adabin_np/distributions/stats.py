@@ -30,7 +30,9 @@ Moments
               + 6\delta^2 (n_a^2 M_{2b} + n_b^2 M_{2a})/n^2 + 4\delta (n_a M_{3b} - n_b M_{3a})/n.
 
     std = :math:`\sqrt{M_2/n}` (population), skew = :math:`\sqrt n M_3 / M_2^{3/2}`, excess
-    kurtosis = :math:`n M_4 / M_2^2 - 3`. :class:`ChannelMoments` does ``n``, mean, ``M_2`` per
+    kurtosis = :math:`n M_4 / M_2^2 - 3`. A sample with std <= 1e-12 |mean| is constant up to
+    the rounding of its mean (any split changes such a std): it reports std, skew and excess
+    kurtosis 0. :class:`ChannelMoments` does ``n``, mean, ``M_2`` per
     channel.
 Histograms
     :class:`Histogram` has bin edges fixed before any data is seen, from the layer's binary set
@@ -57,6 +59,8 @@ __all__ = ["splitmix64", "Moments", "ChannelMoments", "Histogram", "BottomK", "a
 
 #: Activation histograms cover v = (x - beta)/alpha in [-V_RANGE, V_RANGE] (and the levels).
 V_RANGE = 8.0
+#: Relative std below which a sample counts as constant (rounding level of its mean).
+CONSTANT_RTOL = 1e-12
 #: Number of histogram bins.
 HIST_BINS = 160
 
@@ -133,7 +137,7 @@ class Moments:
                     "excess_kurtosis": float("nan")}
         var = max(self.m2, 0.0) / self.n
         std = math.sqrt(var)
-        if std == 0.0 or self.m2 <= 0.0:
+        if std <= CONSTANT_RTOL * abs(self.mean) or self.m2 <= 0.0:
             return {"mean": self.mean, "std": 0.0, "skew": 0.0, "excess_kurtosis": 0.0}
         return {"mean": self.mean, "std": std,
                 "skew": math.sqrt(self.n) * self.m3 / self.m2 ** 1.5,
@@ -230,12 +234,16 @@ class BottomK:
         return cls(k, keys, np.asarray(values, dtype=np.float64).ravel()).trimmed()
 
     def trimmed(self):
+        """At most ``k`` entries (unordered; :meth:`ordered` sorts them by key)."""
         keys, values = self.keys, self.values
         if keys.size > self.k:
             idx = np.argpartition(keys, self.k - 1)[:self.k]
             keys, values = keys[idx], values[idx]
-        order = np.argsort(keys, kind="stable")
-        return BottomK(self.k, keys[order], values[order])
+        return BottomK(self.k, keys, values)
+
+    def ordered(self):
+        """The kept values sorted by key: the same array for any split of the data."""
+        return self.values[np.argsort(self.keys, kind="stable")]
 
     def merge(self, other):
         return BottomK(self.k, np.concatenate([self.keys, other.keys]),
@@ -468,5 +476,5 @@ class ActivationStats:
         """The equalization sample, ``(1, k)`` or ``(C, k)`` (sorted by key)."""
         if isinstance(self.samples, list):
             m = min(s.values.size for s in self.samples)
-            return np.stack([s.values[:m] for s in self.samples])
-        return self.samples.values[None, :]
+            return np.stack([s.ordered()[:m] for s in self.samples])
+        return self.samples.ordered()[None, :]
