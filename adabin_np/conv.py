@@ -9,8 +9,10 @@ binarization: a padded tap contributes 0, not ``b1``/``b2``, and receives no gra
 
 from __future__ import annotations
 
+import contextlib
 from typing import NamedTuple
 
+import numba
 import numpy as np
 
 from . import kernels_cpu as _k
@@ -45,6 +47,30 @@ def _geometry(x, w, stride, padding, dilation, groups):
     return x, w, p
 
 
+#: below this many multiply-adds a call runs its kernels on one thread: waking the thread pool
+#: costs more than it saves (about 10 us on a quiet machine, milliseconds on a loaded one).
+#: Results do not depend on the thread count, so this changes speed only.
+_PARALLEL_MIN_MACS = 2 ** 21
+
+
+@contextlib.contextmanager
+def _threads_for(macs):
+    """Run the enclosed kernels on one Numba thread when the problem is small."""
+    prev = numba.get_num_threads()
+    if macs >= _PARALLEL_MIN_MACS or prev == 1:
+        yield
+        return
+    numba.set_num_threads(1)
+    try:
+        yield
+    finally:
+        numba.set_num_threads(prev)
+
+
+def _macs(x, w, p):
+    return x.shape[0] * w.shape[0] * p.out_h * p.out_w * w.shape[1] * w.shape[2] * w.shape[3]
+
+
 def _conv(xb, wb, p):
     return _k.conv_forward(xb, wb, p.stride[0], p.stride[1], p.padding[0], p.padding[1],
                            p.dilation[0], p.dilation[1], p.groups, p.out_h, p.out_w)
@@ -57,6 +83,12 @@ def _geom_args(w, p):
 
 
 def _conv_backward(x, w, gy, p):
+    """dx, dw of the plain cross-correlation (see :func:`_conv_backward_kernels`)."""
+    with _threads_for(_macs(x, w, p)):
+        return _conv_backward_kernels(x, w, gy, p)
+
+
+def _conv_backward_kernels(x, w, gy, p):
     r"""dx, dw of the plain cross-correlation y = conv2d(x, w) (padded taps dropped).
 
     Per sample ``n`` and group ``g``, with ``col = im2col(x[n])`` (``P x K``, tap-major, zero
@@ -251,7 +283,9 @@ def adabin_conv2d(x, w, alpha, beta, *, stride=1, padding=0, dilation=1, groups=
     official = check_convention(convention) == "official"
     x, w, p = _geometry(x, w, stride, padding, dilation, groups)
     _, _, alpha_c, beta_c, _ = _activations_3d(x, alpha, beta)
-    return finite_result(_adabin_forward(x, w, alpha_c, beta_c, p, official), "adabin_conv2d")
+    with _threads_for(_macs(x, w, p)):
+        y = _adabin_forward(x, w, alpha_c, beta_c, p, official)
+    return finite_result(y, "adabin_conv2d")
 
 
 def adabin_conv2d_grad(x, w, alpha, beta, grad_y, *, stride=1, padding=0, dilation=1, groups=1,
@@ -278,14 +312,16 @@ def adabin_conv2d_grad(x, w, alpha, beta, grad_y, *, stride=1, padding=0, dilati
     expected = (x.shape[0], w.shape[0], p.out_h, p.out_w)
     if gy.shape != expected:
         raise ValueError(f"grad_y has shape {gy.shape}, expected {expected}")
-    xb = _k.act_forward(x3, alpha_c, beta_c, official).reshape(x.shape)
     _, w2 = _weights_2d(w)
-    wa, wbeta = _k.weight_stats(w2)
-    wb = _k.weight_forward(w2, wa, wbeta, official).reshape(w.shape)
-    dxb, dwb = _conv_backward(xb, wb, gy, p)
-    dx, s_gs, s_gv, s_g, s_gg = _k.act_backward(x3, alpha_c, beta_c, dxb.reshape(x3.shape),
-                                                official)
+    with _threads_for(_macs(x, w, p)):
+        xb = _k.act_forward(x3, alpha_c, beta_c, official).reshape(x.shape)
+        wa, wbeta = _k.weight_stats(w2)
+        wb = _k.weight_forward(w2, wa, wbeta, official).reshape(w.shape)
+        dxb, dwb = _conv_backward_kernels(xb, wb, gy, p)
+        dx, s_gs, s_gv, s_g, s_gg = _k.act_backward(x3, alpha_c, beta_c,
+                                                    dxb.reshape(x3.shape), official)
+        dw = _k.weight_backward(w2, dwb.reshape(w2.shape), wa, wbeta, k, t,
+                                official).reshape(w.shape)
     act = _combine_activation_grads(dx.reshape(x.shape), alpha_c, s_gs, s_gv, s_g, s_gg,
                                     per_channel, official)
-    dw = _k.weight_backward(w2, dwb.reshape(w2.shape), wa, wbeta, k, t, official).reshape(w.shape)
     return finite_result(ConvGrad(act.dx, dw, act.dalpha, act.dbeta), "adabin_conv2d_grad")

@@ -4,7 +4,7 @@ Each thread count runs in its own interpreter (``NUMBA_NUM_THREADS`` is read onc
 computing the forward, the four gradients, the plain conv backward of the layers, a layer's
 backward and ``adabin_linear`` on shapes chosen so that the blocked kernels have many tiles and
 ragged edges (rows not a multiple of 4, columns not a multiple of 64, reductions not a
-multiple of 4, several chunks). The results are compared as SHA-256 digests of their bytes,
+multiple of 4, several chunks), with the small-problem single-thread shortcut disabled. The results are compared as SHA-256 digests of their bytes,
 and the digests against the in-process result (whatever its thread count).
 """
 
@@ -30,6 +30,7 @@ from adabin_np.layers import AdaBinConv2d
 def compute():
     rng = np.random.default_rng(2026)
     out = {}
+    conv_mod._PARALLEL_MIN_MACS = 0         # small shapes, yet every kernel on all threads
     conv_mod._BWD_CHUNK_ELEMENTS = 3000     # several backward chunks
     conv_mod._CHUNK_ELEMENTS = 3000         # several forward chunks
     for conv in ("paper", "official"):
