@@ -5,6 +5,7 @@ not grow with the number of inputs, bad inputs are refused, and the CLI runs it.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -43,7 +44,7 @@ def test_summary_independent_of_chunk_size(digits):
     model, x, y = digits
     ref = _run(model, x, labels=y, chunk_size=48)
     assert ref["run"]["n_chunks"] == 1 and ref["run"]["scheduler"] == "none"
-    for chunk in (1, 7, 20):
+    for chunk in (1, 19):
         got = _run(model, x, labels=y, chunk_size=chunk)
         assert got["run"]["n_chunks"] == -(-48 // chunk)
         _close(_strip(got), _strip(ref))
@@ -198,7 +199,8 @@ def test_peak_memory_independent_of_n(tmp_path):
     for n in (500, 4000):
         np.save(tmp_path / f"x{n}.npy", img[:n])
         out = subprocess.run([sys.executable, "-c", _RSS_SCRIPT, str(tmp_path / f"x{n}.npy"),
-                              str(chunk)], capture_output=True, text=True, cwd=ROOT, timeout=600)
+                              str(chunk)], capture_output=True, text=True, cwd=ROOT, timeout=600,
+                             env={**os.environ, "NUMBA_NUM_THREADS": "1"})  # fast when busy
         assert out.returncode == 0, out.stderr[-2000:]
         peaks[n] = json.loads(out.stdout.strip().splitlines()[-1])
         assert peaks[n]["n"] == n
