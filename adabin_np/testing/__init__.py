@@ -75,6 +75,7 @@ from .compare import (FieldReport, OracleReport, assert_grads_match, assert_matc
                       compare_with_oracle, load_case)
 from .correlate import _corr, _corr_t_input, _corr_t_weight  # noqa: F401 (used by tests)
 from .flip_masks import DEFAULT_TOL, conv_flip_risk, flip_risk, weight_flip_risk
+from .layers import LayerReport, LayerRow, assert_layers_match, compare_layers
 from .strategies import (DEGENERATE_WEIGHTS, DTYPES, REALISTIC_WEIGHTS, ConvCase, ConvShape,
                          activations, binary_sets, conv_cases, conv_shapes, conventions, weights)
 
@@ -86,11 +87,15 @@ __all__ = [
     "ConvCase",
     "ConvShape",
     "FieldReport",
+    "LayerReport",
+    "LayerRow",
     "OracleReport",
     "activations",
     "assert_grads_match",
+    "assert_layers_match",
     "assert_matches_oracle",
     "binary_sets",
+    "compare_layers",
     "compare_with_oracle",
     "conv_cases",
     "conv_flip_risk",
