@@ -350,6 +350,7 @@ class _CompileWatch:
                 if not getattr(func, "__module__", "").startswith("adabin_np"):
                     return  # numba's own helpers compiled along with a kernel
                 self.count += 1
+                self.names.append(f"{func.__module__}.{func.__name__}")
                 if self.announce and self.count == 1:
                     from tqdm.auto import tqdm
 
@@ -359,6 +360,7 @@ class _CompileWatch:
                 pass
 
         self.count = 0
+        self.names = []
         self.announce = announce
         self._listener = Listener()
         self._event = event
@@ -689,7 +691,9 @@ def _cmd_summary(args):
 def _cmd_warmup(args):
     with _CompileWatch(announce=False) as watch:
         seconds = warmup()
-    state = (f"{watch.count} compiled now and written to Numba's on-disk cache"
+    names = sorted(set(watch.names))
+    state = (f"{watch.count} compiled now and written to Numba's on-disk cache "
+             f"({', '.join(n.rpartition('.')[2] for n in names)})"
              if watch.count else "all loaded from Numba's on-disk cache, nothing to compile")
     print(f"Numba kernels: {state} ({seconds:.1f} s)")
     return 0
