@@ -392,19 +392,25 @@ def assert_matches_oracle(actual, op, *args, rtol=None, atol=None, tol=None, for
     max_rows : int
         Rows of the failure table.
 
-    Mismatches are **forgiven** only when the expected value depends on a flip-risk input:
-    the element itself (binarization), an activation tap in the receptive field or a weight of
-    the output channel (convolution; stride, padding, dilation and groups honoured), or any
-    risky sign in the same reduction (``dalpha``, ``dw`` of a channel). ``dbeta`` and the ``dx``
-    of a binarization never depend on a sign, so they are never forgiven. The ``dw`` of a
-    constant filter is forgiven too: its rule ``sum(g)/n`` holds only when the implementation
-    detects exact equality (a floating mean of equal values need not be exact). Non-finite values
-    in ``actual`` are never forgiven. Note that a channel with one risky weight may differ
-    anywhere: which weight flipped cannot be told from the outputs of a channel.
+    Mismatches beyond the rounding bound are **forgiven** only up to what flipping the
+    flip-risk inputs an element reads can change it (docs/testing.md derives each bound): a
+    risky activation moves its binarized value by at most ``2|alpha|`` and a risky weight by
+    ``2 alpha_w``; a conv output reads the taps of its receptive field (stride, padding,
+    dilation and groups honoured) and the weights of its filter; ``dalpha`` reads every sign
+    of its reduction (each flip moves it by ``2|dL/dxb|`` there, each risky weight by its
+    exact first-order effect); ``dW`` reads the signs of its channel through ``alpha_w`` and
+    ``beta_w``. ``dbeta`` and the ``dx`` of a binarization never depend on a sign. The ``dw``
+    of a constant filter is allowed the difference between the spec's ``sum(g)/n`` and what
+    an implementation whose float mean of equal weights is inexact computes (``u = +-1``).
+    Non-finite values in ``actual`` are never forgiven.
 
     Returns the :class:`OracleReport` (``.forgiven`` tells how many were forgiven). Raises
     ``AssertionError`` whose message gives, per output, the number of mismatches, how many were
-    forgiven, the worst unforgiven index with its value and the oracle's, and a short table.
+    forgiven, the worst unforgiven index with its value and the oracle's (full precision), notes
+    when it reads an exact tie (``x == beta at ...; the paper convention maps ties to +1``) or
+    zero padding (``border output, reads zero padding``), a short table, the case's arguments
+    and the path of an ``.npz`` that :func:`load_case` re-runs (directory
+    ``$ADABIN_NP_CASE_DIR``, default ``<tempdir>/adabin_np_cases``).
 
     Examples
     --------
