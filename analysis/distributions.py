@@ -14,12 +14,20 @@ writes, for each model, ``<out>/<model>/layers_*.png``, ``summary.png``, ``lands
   missing) on the scikit-learn digits test split (360 images).
 
 ``--readme`` additionally copies the README figure to ``docs/figures/``.
+
+``--throughput N`` instead measures the streamed analysis (issue 14) of the public ResNet-20
+on ``N`` crops saved as an ``.npy`` file: images/s in one process vs ``scheduler="local"``
+(a dask LocalCluster, one worker per CPU), whether both summaries agree (apart from ``run``),
+and the per-image cost model (float64 oracle forward, packed forward, streamed statistics;
+ResNet-20 at 32x32 and ResNet-18 at 224x224) from which to size a cluster. Results go to
+``analysis/results/stream_throughput.json``.
 """
 
 from __future__ import annotations
 
 import argparse
 import shutil
+import statistics
 import sys
 import time
 from pathlib import Path
@@ -87,6 +95,111 @@ def readme_figure(out, resnet_summary):
         print("[readme] warning: the figure exceeds 300 KB")
 
 
+def _timed(fn, repeat):
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return {"min": min(times), "median": statistics.median(times), "max": max(times)}
+
+
+def _per_image_costs(model, x, repeat):
+    """Seconds per image (min/median/max over ``repeat``) of the three parts of a chunk."""
+    from adabin_np.distributions.stats import ActivationStats
+    from adabin_np.distributions.summary import layer_spec
+
+    model.eval()
+    n = len(x)
+    specs = []
+    for i, (name, layer) in enumerate(model.binary_layers()):
+        specs.append(layer_spec(name, layer.params["weight"], float(layer.binary_a.alpha),
+                                float(layer.binary_a.beta), model.convention, tol=DEFAULT_FLIP_TOL,
+                                conv={k: getattr(layer, k) for k in ("stride", "padding",
+                                                                     "dilation", "groups")},
+                                index=i))
+    model(x, record=True)
+    recorded = [layer.recorded_input for _, layer in model.binary_layers()]
+
+    def stats():
+        for spec, rec in zip(specs, recorded):
+            ActivationStats(spec).update(rec, 0)
+
+    out = {"float64_forward": _timed(lambda: model(x, record=True), repeat),
+           "packed_forward": _timed(lambda: model(x, packed=True), repeat),
+           "statistics": _timed(stats, repeat)}
+    return {k: {q: v / n for q, v in d.items()} for k, d in out.items()}
+
+
+def run_throughput(checkpoint, n, chunk, workers, repeat, results):
+    """images/s one process vs LocalCluster, and the per-image cost model."""
+    import json
+    import os
+    import platform
+    import tempfile
+
+    import numpy as np
+
+    from adabin_np.checkpoint import load_checkpoint
+    from adabin_np.data import sample_image_crops
+    from adabin_np.models import resnet18_1w1a, resnet20_1w1a
+
+    if not Path(checkpoint).exists():
+        print(f"[throughput] checkpoint not found at {checkpoint}: skipped")
+        return None
+    model = resnet20_1w1a("official")
+    model.load_state_dict(load_checkpoint(checkpoint))
+    model.eval()
+    x = sample_image_crops(n, 32).astype(np.float32)
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    load = os.getloadavg() if hasattr(os, "getloadavg") else None
+    res = {"cpu": cpu, "cpu_count": os.cpu_count(), "load_average_before": load,
+           "n_images": n, "chunk_size": chunk}
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "crops.npy"
+        np.save(path, x)
+        analyze_model(model, x[:chunk], chunk_size=chunk, progress=False)  # compile / warm up
+        runs = {}
+        for label, kw in (("one_process", {}),
+                          ("local", {"scheduler": "local", "n_workers": workers})):
+            t = time.perf_counter()
+            s = analyze_model(model, path, chunk_size=chunk, progress=False, **kw)
+            wall = time.perf_counter() - t
+            runs[label] = s
+            res[label] = {"images_per_s": s["run"]["images_per_s"], "wall_s": wall,
+                          "workers": s["run"]["workers"], "threads": s["run"]["threads"],
+                          "seconds": s["run"]["seconds"]}
+            print(f"[throughput] {label}: {s['run']['images_per_s']:.2f} images/s over the "
+                  f"chunks ({wall:.1f} s wall incl. start-up and finalize)")
+        a = {k: v for k, v in runs["one_process"].items() if k != "run"}
+        b = {k: v for k, v in runs["local"].items() if k != "run"}
+        res["summaries_equal_apart_from_run"] = json.dumps(a, sort_keys=True) == json.dumps(
+            b, sort_keys=True)
+    res["cost_per_image_s"] = {"resnet20_32x32": _per_image_costs(model, x[:chunk].astype(
+        np.float64), repeat)}
+    r18 = resnet18_1w1a("official")
+    x18 = np.random.default_rng(0).standard_normal((2, 3, 224, 224))
+    r18.eval()
+    r18(x18[:1])  # warm up
+    res["cost_per_image_s"]["resnet18_224x224"] = _per_image_costs(r18, x18, max(1, repeat // 2))
+    res["load_average_after"] = os.getloadavg() if hasattr(os, "getloadavg") else None
+    for arch, c in res["cost_per_image_s"].items():
+        print(f"[throughput] {arch} per image (median): float64 "
+              f"{c['float64_forward']['median']:.4f} s, packed {c['packed_forward']['median']:.4f}"
+              f" s, statistics {c['statistics']['median']:.4f} s")
+    results.parent.mkdir(parents=True, exist_ok=True)
+    results.write_text(json.dumps(res, indent=1) + "\n")
+    print(f"[throughput] -> {results}")
+    return res
+
+
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", type=Path, default=ROOT / "analysis" / "out",
@@ -101,7 +214,17 @@ def main(argv=None):
     p.add_argument("--readme", action="store_true",
                    help="copy the README figure to docs/figures/")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--throughput", type=int, default=None, metavar="N",
+                   help="measure the streamed analysis on N crops instead (see above)")
+    p.add_argument("--chunk-size", type=int, default=32, help="chunk size of --throughput")
+    p.add_argument("--workers", type=int, default=None,
+                   help="LocalCluster workers of --throughput (default: one per CPU)")
+    p.add_argument("--repeat", type=int, default=3, help="repeats of each cost measurement")
     args = p.parse_args(argv)
+    if args.throughput is not None:
+        run_throughput(args.checkpoint, args.throughput, args.chunk_size, args.workers,
+                       args.repeat, ROOT / "analysis" / "results" / "stream_throughput.json")
+        return 0
     if args.n < 1:
         p.error("--n must be >= 1")
     progress = not args.no_progress

@@ -114,6 +114,14 @@ def test_bad_inputs_are_refused(digits, tmp_path):
     (tmp_path / "trunc.npy").write_bytes(raw[:-100])
     with pytest.raises(ValueError, match="truncated"):
         _run(model, tmp_path / "trunc.npy")
+    # a header promising an absurd shape (row size overflows int64) over a tiny file
+    hdr = np.lib.format.header_data_from_array_1_0(x)
+    hdr["shape"] = (2, 1, 2**40, 2**40)
+    with open(tmp_path / "huge.npy", "wb") as f:
+        np.lib.format.write_array_header_1_0(f, hdr)
+        f.write(b"\0" * 64)
+    with pytest.raises(ValueError, match="truncated"):
+        _run(model, tmp_path / "huge.npy")
     (tmp_path / "garbage.npy").write_bytes(b"not an npy file at all")
     with pytest.raises(ValueError, match="not a valid .npy"):
         _run(model, tmp_path / "garbage.npy")
@@ -152,17 +160,22 @@ def test_local_cluster_equals_one_process(digits, tmp_path):
     """LocalCluster(processes=True, n_workers=2): the same summary as one process."""
     distributed = pytest.importorskip("dask.distributed")
     model, x, y = digits
+    x, y = x[:24], y[:24]
     np.save(tmp_path / "x.npy", x)
-    ref = _run(model, x, labels=y, chunk_size=48)
+    ref = _run(model, x, labels=y, chunk_size=24)
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                   dashboard_address=":0") as cluster, \
             distributed.Client(cluster) as client:
-        got = _run(model, x, labels=y, chunk_size=9, client=client)  # arrays: sent per chunk
+        got = _run(model, x, labels=y, chunk_size=5, client=client)  # arrays: sent per chunk
         assert got["run"]["workers"] == 2
         _close(_strip(got), _strip(ref))
-        got = _run(model, tmp_path / "x.npy", labels=y, chunk_size=13,
+        got = _run(model, tmp_path / "x.npy", labels=y, chunk_size=7,
                    scheduler=cluster.scheduler_address)  # files: read by the workers
         assert got["run"]["scheduler"].startswith("tcp://")
+        _close(_strip(got), _strip(ref))
+        da = pytest.importorskip("dask.array")
+        got = _run(model, da.from_array(x, chunks=(10, 1, 8, 8)), labels=y, chunk_size=9,
+                   client=client)  # dask array: chunks computed on the cluster
         _close(_strip(got), _strip(ref))
 
 

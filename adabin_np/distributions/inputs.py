@@ -17,6 +17,7 @@ normalised like ``uint8`` data. NaN/inf, complex, object or bool data raise.
 
 from __future__ import annotations
 
+import math
 import numbers
 import os
 from pathlib import Path
@@ -151,7 +152,7 @@ class NpyFileSource:
         _check_shape(shape, f"array in {self.what}", channels)
         self.dtype = dtype
         self.shape = tuple(int(s) for s in shape)
-        self.row = int(np.prod(self.shape[1:], dtype=np.int64))
+        self.row = math.prod(self.shape[1:])  # Python ints: no overflow on hostile shapes
         need = self.offset + self.shape[0] * self.row * dtype.itemsize
         size = os.path.getsize(self.path)
         if size < need:
