@@ -124,7 +124,11 @@ class BinaryNet(Module):
 
         ``packed``: binary convolutions through :mod:`adabin_np.packed` (``device`` "cpu" or
         "cuda"); ``record``: keep every binary layer's input (see :meth:`recorded_inputs`).
+        An eval-mode ResNet with ``packed=True`` on the CPU (no recording) runs the compiled
+        whole-model plan of :mod:`adabin_np.inference` (BatchNorm folded, fused epilogues,
+        real layers on BLAS): float32 input gives float32 logits, any other input float64.
         """
+        x_in = x
         x = as_float_array(x, "x", ndim=4)
         if x.shape[0] == 0:
             raise ValueError("x must hold at least one sample, got shape " + str(x.shape))
@@ -133,6 +137,15 @@ class BinaryNet(Module):
                              f"H, W), got shape {x.shape}")
         if device not in ("cpu", "cuda"):
             raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+        if packed and device == "cpu" and not record and not self.training:
+            from .inference import packed_forward
+
+            for _, layer in self.binary_layers():
+                layer.recorded_input = None
+            x_fast = x_in if isinstance(x_in, np.ndarray) and x_in.dtype == np.float32 else x
+            out = packed_forward(self, x_fast)
+            if out is not None:
+                return out
         for _, layer in self.binary_layers():
             layer.packed = bool(packed)
             layer.device = device

@@ -422,8 +422,29 @@ class PackedWeights:
         self._w = w
         self.shape = w.shape
         self.ties = int(ties)
+        self.shift = None
         self._kernel_cache = {}
         self._bias_cache = {}
+
+    def with_affine(self, scale, shift):
+        """These weights followed by a per-output-channel affine map ``y -> scale*y + shift``
+        (a folded inference BatchNorm): a new object sharing ``words`` with ``alpha``, ``beta``
+        multiplied by ``scale`` and ``shift`` added to every output. The formula is linear in
+        ``(d_w, c_w)``, so the packed kernel computes ``scale*y + shift`` with no extra pass."""
+        scale = np.asarray(scale, dtype=np.float64).reshape(-1)
+        shift = np.asarray(shift, dtype=np.float64).reshape(-1)
+        if scale.shape != (self.shape[0],) or shift.shape != (self.shape[0],):
+            raise ValueError(f"scale and shift must have shape ({self.shape[0]},)")
+        if not (np.isfinite(scale).all() and np.isfinite(shift).all()):
+            raise ValueError("scale and shift must be finite")
+        new = object.__new__(PackedWeights)
+        new.__dict__.update(self.__dict__)
+        new.alpha = self.alpha * scale
+        new.beta = self.beta * scale
+        new.shift = shift if self.shift is None else self.shift * scale + shift
+        new._kernel_cache = self._kernel_cache  # weight layout does not depend on the levels
+        new._bias_cache = {}
+        return new
 
     @property
     def w(self):
@@ -469,8 +490,9 @@ class PackedWeights:
         key = (layout.key, geometry)
         entry = self._bias_cache.get(key)
         if entry is None:
+            shift = self.shift if self.shift is not None else np.zeros(self.shape[0])
             entry = _kp.border_tables(pcw, layout.seg_n, layout.seg_ca, layout.g_seg0,
-                                      layout.g_seg1, self.alpha, self.beta,
+                                      layout.g_seg1, self.alpha, self.beta, shift,
                                       r_lo, r_hi, c_lo, c_hi, self.shape[3], col_cls)
             if len(self._bias_cache) >= 16:
                 self._bias_cache.pop(next(iter(self._bias_cache)))
@@ -521,13 +543,18 @@ def _h_chunk(h_, other_tasks, *, min_tasks=8):
     return -(-h_ // chunks)
 
 
-def _rows_per_task(out_h, out_w, other_tasks, *, min_tasks=16, max_pixels=448):
-    """Output rows per convolution task: at most ``max_pixels`` pixels (the task's integer
-    buffer stays in L2) and at least ``min_tasks`` tasks in all when the shape allows."""
+def _work_split(out_h, out_w, n_blk, other_tasks, *, min_tasks=8, max_pixels=448):
+    """``(rows_per_task, blocks_per_task)`` of the convolution: a task covers at most
+    ``max_pixels`` output pixels (its buffers stay in L2) and all output blocks when there are
+    at least ``min_tasks`` tasks anyway (its activation offsets and popcounts are then built
+    once for every block); otherwise rows and then blocks are split until there are."""
     rows = max(1, min(out_h, max_pixels // out_w))
+    bpt = n_blk
     while rows > 1 and other_tasks * -(-out_h // rows) < min_tasks:
         rows = -(-rows // 2)
-    return rows
+    while bpt > 1 and other_tasks * -(-out_h // rows) * -(-n_blk // bpt) < min_tasks:
+        bpt = -(-bpt // 2)
+    return rows, bpt
 
 
 def _output_dtype(x):
@@ -547,7 +574,11 @@ def _pack_input(x, alpha_c, beta_c, layout):
     return xa, ties
 
 
-def _run_cpu(x, pw, alpha_c, beta_c, p: ConvParams, official, raw=False, out=None):
+_NO_F64 = np.zeros(0)
+
+
+def _run_cpu(x, pw, alpha_c, beta_c, p: ConvParams, official, raw=False, out=None,
+             residual=None, maxout=None):
     """Pack activations, build (or reuse) the border tables and run the tiled kernel."""
     n_, c_, h_, w_ = x.shape
     o_, cg, kh, kw = pw.shape
@@ -564,7 +595,7 @@ def _run_cpu(x, pw, alpha_c, beta_c, p: ConvParams, official, raw=False, out=Non
     brow, krow, pinv, sum_w, n_valid = pw._tables(layout, pcw, (h_, w_, p), r_lo, r_hi, c_lo,
                                                   c_hi, col_cls)
     n_blk = wtb.shape[0] // groups
-    rows = _rows_per_task(p.out_h, p.out_w, n_ * groups * n_blk)
+    rows, bpt = _work_split(p.out_h, p.out_w, n_blk, n_ * groups)
     hw = p.out_h * p.out_w
     if raw:
         raw_x = np.zeros((n_, o_, hw), dtype=np.int64)
@@ -578,7 +609,11 @@ def _run_cpu(x, pw, alpha_c, beta_c, p: ConvParams, official, raw=False, out=Non
                       layout.seg_w0, layout.seg_w1, layout.seg_da, layout.g_seg0, layout.g_seg1,
                       layout.seg_n, brow, krow, pinv, r_lo, r_hi, c_lo, c_hi, pw.alpha, pw.beta,
                       row_cls, col_cls, kh, kw, p.stride[0], p.stride[1], p.padding[0],
-                      p.padding[1], p.dilation[0], p.dilation[1], rows, raw, raw_x, raw_a,
+                      p.padding[1], p.dilation[0], p.dilation[1], rows, bpt, raw, raw_x, raw_a,
+                      (np.zeros((0, 0, 0), dtype=y.dtype) if residual is None
+                       else residual.reshape(n_, o_, hw)),
+                      _NO_F64 if maxout is None else maxout[0],
+                      _NO_F64 if maxout is None else maxout[1],
                       y.reshape(y.shape[0], y.shape[1], -1))
     if raw:
         cls = (row_cls[:, None], col_cls[None, :])

@@ -1,7 +1,7 @@
 """The packed kernels one by one (Larq Compute Engine style: every microkernel over the same
 grid, bit-exact against a plain NumPy reference and against each other).
 
-* each register-blocked tile (``tile_4x32_avx512``, ``tile_4x8_avx2``) against a NumPy
+* each register-blocked tile (``tile_6x32_avx512``, ``tile_4x8_avx2``) against a NumPy
   XOR/popcount sum, over taps, word ranges and offsets;
 * whole convolutions with each tile forced (``ADABIN_NP_TILE``) are bit-identical;
 * the AVX2 code path compiled for an AVX2-only CPU (``NUMBA_CPU_NAME=haswell`` with AVX-512
@@ -52,7 +52,7 @@ def test_tile_matches_numpy(variant, taps, wgm, q0, nq):
 
     @njit
     def call(xa, offs, wb, xout):
-        tile(xa, offs, wb, 7, taps, wgm, q0, nq, xout, 5)
+        tile(xa, offs, 0, wb, 7, taps, wgm, q0, nq, xout, 5)
 
     call(xa, offs, wb, xout)
     want = np.zeros((tp, jb), dtype=np.int64)
@@ -179,4 +179,5 @@ def test_float32_thresholds_match_the_float64_rule(alpha, beta):
 def test_roofline_probe_runs_every_tile():
     for variant in MK.TILES:
         res = KP.popcount_roofline(variant, 9, 2, 5, 2)
-        assert res.shape == (2,) and res[0] != res[1]  # copies differ by their seeds
+        assert res.shape == (2,) and np.all(res > 0)
+        np.testing.assert_array_equal(res, KP.popcount_roofline(variant, 9, 2, 5, 2))

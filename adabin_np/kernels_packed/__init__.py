@@ -1,7 +1,7 @@
 """Bit-packed XNOR/popcount kernels (SPEC section 4), CPU, laid out like Larq Compute Engine's
 ``core/``: one module per job, the per-ISA microkernels named by their register block.
 
-* :mod:`.microkernel` -- ``tile_4x32_avx512`` / ``tile_4x8_avx2``: register-blocked XOR +
+* :mod:`.microkernel` -- ``tile_6x32_avx512`` / ``tile_4x8_avx2``: register-blocked XOR +
   popcount tiles emitted as LLVM vector IR (``llvm.ctpop.v8i64`` / ``v4i64``);
 * :mod:`.select_kernel` -- picks the tile for the CPU Numba compiles for;
 * :mod:`.pack` -- binarize + pack activations (float32/float64, fused finiteness and tie

@@ -26,14 +26,14 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .microkernel import _popcount, tile_4x32_avx512, tile_4x8_avx2
+from .microkernel import _popcount, tile_6x32_avx512, tile_4x8_avx2
 
 __all__ = ["border_tables", "bconv_forward", "popcount_roofline"]
 
 
 @njit(cache=True, error_model="numpy")
-def border_tables(pcw, seg_n, seg_ca, g_seg0, g_seg1, alpha_w, beta_w, r_lo, r_hi, c_lo, c_hi,
-                  kw, col_cls):
+def border_tables(pcw, seg_n, seg_ca, g_seg0, g_seg1, alpha_w, beta_w, shift, r_lo, r_hi, c_lo,
+                  c_hi, kw, col_cls):
     """Per border class the output-independent terms of the module docstring's formula.
 
     ``pcw[s, t, j]``: weight popcount of output channel ``j`` of segment ``s``'s group at tap
@@ -41,7 +41,8 @@ def border_tables(pcw, seg_n, seg_ca, g_seg0, g_seg1, alpha_w, beta_w, r_lo, r_h
     kernel columns ``[c_lo[cl], c_hi[cl])``; ``col_cls[ow]`` the column class of output column
     ``ow``. Returns
 
-    * ``brow[r, o, ow] = B`` (float64, ``sum_s c_a[s] (d_w S^P_{w,s} + c_w N_s)``),
+    * ``brow[r, o, ow] = B + shift[o]`` (float64, ``B = sum_s c_a[s] (d_w S^P_{w,s} + c_w N_s)``;
+      ``shift`` is a folded BatchNorm's shift, zeros otherwise),
     * ``krow[r, o, ow] = N + 2 I`` summed over segments (int64; the single-segment epilogue
       computes ``N - 2 X^P = krow - 2 X`` exactly),
     * ``pinv[s, r, cl, j] = I_s`` (int64, per segment),
@@ -87,7 +88,7 @@ def border_tables(pcw, seg_n, seg_ca, g_seg0, g_seg1, alpha_w, beta_w, r_lo, r_h
                     nv_tot += nv
                     pinv[s, r, cl, j] = pall - pv
                     k_tot += nv + 2 * (pall - pv)
-                bias[r, cl, o] = acc
+                bias[r, cl, o] = acc + shift[o]
                 ktab[r, cl, o] = k_tot
                 sum_w[r, cl, o] = sw_tot
                 if j == 0:
@@ -104,28 +105,35 @@ def border_tables(pcw, seg_n, seg_ca, g_seg0, g_seg1, alpha_w, beta_w, r_lo, r_h
 
 
 @njit(cache=True, inline="always", error_model="numpy")
-def _tile(variant, xa, offs, wb, wbase, taps, wgm, q0, nq, xout, xbase):
+def _tile(variant, xa, offs, obase, wb, wbase, taps, wgm, q0, nq, xout, xbase):
     if variant == 0:
-        tile_4x32_avx512(xa, offs, wb, wbase, taps, wgm, q0, nq, xout, xbase)
+        tile_6x32_avx512(xa, offs, obase, wb, wbase, taps, wgm, q0, nq, xout, xbase)
     else:
-        tile_4x8_avx2(xa, offs, wb, wbase, taps, wgm, q0, nq, xout, xbase)
+        tile_4x8_avx2(xa, offs, obase, wb, wbase, taps, wgm, q0, nq, xout, xbase)
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
-def bconv_forward(xa, h_, w_, out_h, wtb, variant, tp, wgm, g_w0, og, seg_w0, seg_w1, seg_da, g_seg0,
-                  g_seg1, seg_n, brow, krow, pinv, r_lo, r_hi, c_lo, c_hi, alpha_w, beta_w,
-                  row_cls, col_cls, kh, kw,
-                  sh, sw, ph, pw, dh, dw, rows_per_task, raw, raw_x, raw_a, y):
+def bconv_forward(xa, h_, w_, out_h, wtb, variant, tp, wgm, g_w0, og, seg_w0, seg_w1, seg_da,
+                  g_seg0, g_seg1, seg_n, brow, krow, pinv, r_lo, r_hi, c_lo, c_hi, alpha_w,
+                  beta_w, row_cls, col_cls, kh, kw, sh, sw, ph, pw, dh, dw, rows_per_task,
+                  blocks_per_task, raw, raw_x, raw_a, res, mo_p, mo_q, y):
     """Tiled popcount convolution with the fused rescale into ``y`` ``(N, O, OH*OW)``.
 
     ``xa`` ``(N*H*W + 1, CW)`` from :func:`~.pack.pack_activations` (last pixel zero),
     ``wtb`` ``(groups*n_blk, K*wgm, J)`` weight blocks of ``J`` output channels. ``prange``
-    over (n, group, block, chunk of ``rows_per_task`` output rows); a task walks its pixels
-    (row-major over the chunk) in tiles of ``tp`` and for every segment of its group calls the
-    microkernel of ``variant`` (:mod:`.microkernel`) with the tile's per-tap activation
-    offsets (padded taps -> the zero pixel). The epilogue writes each output channel's chunk
-    as one contiguous run of ``y``. ``raw=True`` writes ``raw_x[n, o, pix] = sum_s X_s`` and
-    ``raw_a[n, g, pix] = sum_s A_s`` instead of ``y`` (int64; dummies otherwise).
+    over (n, group, run of ``blocks_per_task`` blocks, chunk of ``rows_per_task`` output
+    rows). A task builds the per-tap activation offsets of all its pixels once (padded taps
+    -> the zero pixel), then for each of its blocks and each segment of its group walks the
+    pixels in tiles of ``tp`` through the microkernel of ``variant`` (:mod:`.microkernel`),
+    and the epilogue writes each output channel's chunk as one contiguous run of ``y``.
+    ``raw=True`` writes ``raw_x[n, o, pix] = sum_s X^P_s`` and ``raw_a[n, g, pix] = sum_s A_s``
+    instead of ``y`` (int64; dummies otherwise).
+
+    Fused inference epilogue (a model's ``conv -> BatchNorm -> + residual -> Maxout``; the
+    BatchNorm is folded into ``alpha_w``/``beta_w``/``brow`` by the caller): when ``res`` has
+    the shape of ``y`` it is added, and when ``mo_p`` has ``O`` entries the result ``v``
+    becomes ``mo_p[o]*v`` (``v > 0``) or ``mo_q[o]*v`` (otherwise); pass empty dummies
+    to skip either. Everything is computed in float64 and rounded once into ``y``.
     """
     n_ = (xa.shape[0] - 1) // (h_ * w_)
     out_w = col_cls.shape[0]
@@ -139,105 +147,143 @@ def bconv_forward(xa, h_, w_, out_h, wtb, variant, tp, wgm, g_w0, og, seg_w0, se
     xa_flat = xa.reshape(xa.size)
     wtb_flat = wtb.reshape(wtb.size)
     n_chunks = (out_h + rows_per_task - 1) // rows_per_task
-    n_tasks = n_ * groups * n_blk * n_chunks
+    n_bg = (n_blk + blocks_per_task - 1) // blocks_per_task
+    n_tasks = n_ * groups * n_bg * n_chunks
+    has_res = res.shape[0] == n_ and res.shape[1] == y.shape[1] and res.shape[2] == y.shape[2]
+    has_mo = mo_p.shape[0] == y.shape[1]
+    fused = has_res or has_mo
     for task in prange(n_tasks):
         chunk = task % n_chunks
         rest = task // n_chunks
-        blk = rest % n_blk
-        rest = rest // n_blk
+        bg = rest % n_bg
+        rest = rest // n_bg
         g = rest % groups
         n = rest // groups
         oh0 = chunk * rows_per_task
         oh1 = min(out_h, oh0 + rows_per_task)
         npx = (oh1 - oh0) * out_w
         n_tiles = (npx + tp - 1) // tp
-        j0 = blk * jb
-        nj = min(og, j0 + jb) - j0
-        obase = g * og + j0
         qg = g_w0[g]
         s0 = g_seg0[g]
         s1 = g_seg1[g]
-        offs = np.empty(taps * tp, dtype=np.int64)
-        xbuf = np.empty(n_tiles * tp * jb, dtype=np.int64)
-        apc = np.zeros(n_tiles * tp, dtype=np.int64)
-        qa = np.zeros(npx)
         multi = s1 - s0 > 1 or raw
-        facc = np.zeros((npx, jb)) if multi else np.zeros((1, 1))
-        xtot = np.zeros((npx, jb), dtype=np.int64) if raw else np.zeros((1, 1), dtype=np.int64)
+        # per-tap word offsets of every pixel of the chunk, tile-major: offs[(it*taps + t)*tp + p]
+        offs = np.empty(n_tiles * taps * tp, dtype=np.int64)
+        zoff = zero_pix + qg
+        for it in range(n_tiles):
+            for p in range(tp):
+                pix = it * tp + p
+                if pix < npx:
+                    oh = oh0 + pix // out_w
+                    ow = pix % out_w
+                    for ki in range(kh):
+                        ih = oh * sh - ph + ki * dh
+                        for kj in range(kw):
+                            iw = ow * sw - pw + kj * dw
+                            t = ki * kw + kj
+                            if 0 <= ih < h_ and 0 <= iw < w_:
+                                offs[(it * taps + t) * tp + p] = ((n * h_ + ih) * w_ + iw) * cw + qg
+                            else:
+                                offs[(it * taps + t) * tp + p] = zoff
+                else:
+                    for t in range(taps):
+                        offs[(it * taps + t) * tp + p] = zoff
+        # activation terms per pixel (independent of the output block): qa = sum_s d_a (2A - N)
+        qa = np.zeros(npx)
         atot = np.zeros(npx, dtype=np.int64)
         for s in range(s0, s1):
             q0 = seg_w0[s] - qg
             nq = seg_w1[s] - seg_w0[s]
-            for it in range(n_tiles):
-                for p in range(tp):
-                    pix = it * tp + p
-                    a_sum = 0
-                    if pix < npx:
-                        oh = oh0 + pix // out_w
-                        ow = pix % out_w
-                        for ki in range(kh):
-                            ih = oh * sh - ph + ki * dh
-                            for kj in range(kw):
-                                iw = ow * sw - pw + kj * dw
-                                t = ki * kw + kj
-                                if 0 <= ih < h_ and 0 <= iw < w_:
-                                    off = ((n * h_ + ih) * w_ + iw) * cw + qg
-                                    offs[t * tp + p] = off
-                                    for q in range(q0, q0 + nq):
-                                        a_sum += _popcount(xa_flat[off + q])
-                                else:
-                                    offs[t * tp + p] = zero_pix + qg
-                    else:
-                        for t in range(taps):
-                            offs[t * tp + p] = zero_pix + qg
-                    apc[pix] = a_sum
-                _tile(variant, xa_flat, offs, wtb_flat, (g * n_blk + blk) * blk_size, taps,
-                      wgm, q0, nq, xbuf, it * tp * jb)
             da = seg_da[s]
             nseg = seg_n[s]
             for pix in range(npx):
+                it = pix // tp
+                p = pix % tp
+                a_sum = 0
+                for t in range(taps):
+                    off = offs[(it * taps + t) * tp + p]
+                    for q in range(q0, q0 + nq):
+                        a_sum += _popcount(xa_flat[off + q])
                 oh = oh0 + pix // out_w
                 ow = pix % out_w
                 rc = row_cls[oh]
                 cl = col_cls[ow]
                 nv = nseg * (r_hi[rc] - r_lo[rc]) * (c_hi[cl] - c_lo[cl])
-                qa[pix] += da * (2 * apc[pix] - nv)
-                if raw:
-                    atot[pix] += apc[pix]
-                    for jj in range(nj):
-                        xtot[pix, jj] += xbuf[pix * jb + jj] - pinv[s, rc, cl, j0 + jj]
-                elif multi:
-                    for jj in range(nj):
-                        facc[pix, jj] += da * np.int32(
-                            nv - 2 * (xbuf[pix * jb + jj] - pinv[s, rc, cl, j0 + jj]))
-        if raw:
-            for jj in range(nj):
-                for pix in range(npx):
-                    raw_x[n, obase + jj, oh0 * out_w + pix] = xtot[pix, jj]
-            if blk == 0:
-                for pix in range(npx):
-                    raw_a[n, g, oh0 * out_w + pix] = atot[pix]
-            continue
-        da0 = seg_da[s0]
-        for jj in range(nj):
-            o = obase + jj
-            d_w = alpha_w[o]
-            c_w = beta_w[o]
-            for oh in range(oh0, oh1):
-                rc = row_cls[oh]
-                pbase = (oh - oh0) * out_w
-                ybase = oh * out_w
+                qa[pix] += da * (2 * a_sum - nv)
+                atot[pix] += a_sum
+        if raw and bg == 0:
+            for pix in range(npx):
+                raw_a[n, g, oh0 * out_w + pix] = atot[pix]
+        xbuf = np.empty(n_tiles * tp * jb, dtype=np.int64)
+        facc = np.zeros((npx, jb)) if multi else np.zeros((1, 1))
+        xtot = np.zeros((npx, jb), dtype=np.int64) if raw else np.zeros((1, 1), dtype=np.int64)
+        vbuf = np.empty(out_w)
+        for blk in range(bg * blocks_per_task, min(n_blk, (bg + 1) * blocks_per_task)):
+            j0 = blk * jb
+            nj = min(og, j0 + jb) - j0
+            obase = g * og + j0
+            wbase = (g * n_blk + blk) * blk_size
+            if multi:
+                facc[:, :] = 0.0
+            if raw:
+                xtot[:, :] = 0
+            for s in range(s0, s1):
+                q0 = seg_w0[s] - qg
+                nq = seg_w1[s] - seg_w0[s]
+                for it in range(n_tiles):
+                    _tile(variant, xa_flat, offs, it * taps * tp, wtb_flat, wbase, taps, wgm,
+                          q0, nq, xbuf, it * tp * jb)
                 if multi:
+                    da = seg_da[s]
+                    for pix in range(npx):
+                        rc = row_cls[oh0 + pix // out_w]
+                        cl = col_cls[pix % out_w]
+                        nv = seg_n[s] * (r_hi[rc] - r_lo[rc]) * (c_hi[cl] - c_lo[cl])
+                        for jj in range(nj):
+                            xp = xbuf[pix * jb + jj] - pinv[s, rc, cl, j0 + jj]
+                            if raw:
+                                xtot[pix, jj] += xp
+                            else:
+                                facc[pix, jj] += da * np.int32(nv - 2 * xp)
+            if raw:
+                for jj in range(nj):
+                    for pix in range(npx):
+                        raw_x[n, obase + jj, oh0 * out_w + pix] = xtot[pix, jj]
+                continue
+            da0 = seg_da[s0]
+            for jj in range(nj):
+                o = obase + jj
+                d_w = alpha_w[o]
+                c_w = beta_w[o]
+                for oh in range(oh0, oh1):
+                    rc = row_cls[oh]
+                    pbase = (oh - oh0) * out_w
+                    ybase = oh * out_w
+                    if multi:
+                        for ow in range(out_w):
+                            pix = pbase + ow
+                            vbuf[ow] = brow[rc, o, ow] + d_w * facc[pix, jj] + c_w * qa[pix]
+                    else:
+                        # |krow - 2X| = |N - 2 X^P| <= N < 2**31: int32 converts as a vector
+                        for ow in range(out_w):
+                            pix = pbase + ow
+                            vbuf[ow] = brow[rc, o, ow] + d_w * (da0 * np.int32(
+                                krow[rc, o, ow] - 2 * xbuf[pix * jb + jj])) + c_w * qa[pix]
+                    if not fused:
+                        for ow in range(out_w):
+                            y[n, o, ybase + ow] = vbuf[ow]
+                        continue
+                    if has_res:
+                        for ow in range(out_w):
+                            vbuf[ow] += res[n, o, ybase + ow]
+                    if has_mo:
+                        mp = mo_p[o]
+                        mq = mo_q[o]
+                        for ow in range(out_w):
+                            v = vbuf[ow]
+                            vbuf[ow] = mp * v if v > 0.0 else mq * v
                     for ow in range(out_w):
-                        pix = pbase + ow
-                        y[n, o, ybase + ow] = brow[rc, o, ow] + d_w * facc[pix, jj] \
-                            + c_w * qa[pix]
-                else:
-                    # |krow - 2X| = |N - 2 X^P| <= N < 2**31: int32 converts as a vector
-                    for ow in range(out_w):
-                        pix = pbase + ow
-                        y[n, o, ybase + ow] = brow[rc, o, ow] + d_w * (da0 * np.int32(
-                            krow[rc, o, ow] - 2 * xbuf[pix * jb + jj])) + c_w * qa[pix]
+                        y[n, o, ybase + ow] = vbuf[ow]
     return y
 
 
@@ -250,7 +296,7 @@ def popcount_roofline(variant, taps, wgm, reps, n_threads):
     XOR + popcount + add = 64 binary MACs = 128 binary ops). Returns one checksum per copy."""
     res = np.zeros(n_threads, dtype=np.int64)
     for tid in prange(n_threads):
-        tp = 4
+        tp = 6 if variant == 0 else 4
         jb = 32 if variant == 0 else 8
         xa = np.empty((tp + 1) * wgm * 2, dtype=np.uint64)
         for i in range(xa.shape[0]):
@@ -266,7 +312,7 @@ def popcount_roofline(variant, taps, wgm, reps, n_threads):
         tot = 0
         for r in range(reps):
             xa[r % xa.shape[0]] ^= np.uint64(r)
-            _tile(variant, xa, offs, wb, 0, taps, wgm, 0, wgm, xout, 0)
+            _tile(variant, xa, offs, 0, wb, 0, taps, wgm, 0, wgm, xout, 0)
             tot += xout[r % (tp * jb)]
         res[tid] = tot
     return res

@@ -18,16 +18,17 @@ every CPU and :mod:`.select_kernel` only picks the fastest for the target.
 
 Tiles (file-level names state the register block, as in LCE's ``kernel_4x2_portable.h``):
 
-* :func:`tile_4x32_avx512`: ``P = 4`` pixels x ``J = 32`` channels = 16 ``zmm`` accumulators
-  (``<8 x i64>``), 4 weight vectors, 4 broadcasts: 24 of 32 ``zmm`` registers.
+* :func:`tile_6x32_avx512`: ``P = 6`` pixels x ``J = 32`` channels = 24 ``zmm`` accumulators
+  (``<8 x i64>``), 4 weight vectors and a broadcast: 29 of 32 ``zmm`` registers.
 * :func:`tile_4x8_avx2`: ``P = 4`` x ``J = 8`` = 8 ``ymm`` accumulators (``<4 x i64>``), 2
   weight vectors, and the popcount lookup constants within 16 ``ymm`` registers.
 
 Call signature (all int64 scalars; arrays are 1-D C-contiguous, no bounds checks: the caller,
 :func:`adabin_np.kernels_packed.conv.bconv_forward`, guarantees every index is in range)::
 
-    tile(xa, offs, wb, wbase, taps, wgm, q0, nq, xout, xbase)
-        xa   uint64 activations, offs int64 (taps*P,) word offsets per tap and pixel
+    tile(xa, offs, obase, wb, wbase, taps, wgm, q0, nq, xout, xbase)
+        xa   uint64 activations, offs int64: offs[obase + t*P + p] = word offset of pixel p
+             at tap t
         wb   uint64 weights, block starting at wbase, laid out [t][wgm][J]
         xout int64, X[p, j] written to xout[xbase + p*J + j]
 """
@@ -39,7 +40,7 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.core.extending import intrinsic
 
-__all__ = ["TILES", "popcount64", "tile_4x32_avx512", "tile_4x8_avx2"]
+__all__ = ["TILES", "popcount64", "tile_6x32_avx512", "tile_4x8_avx2"]
 
 
 def _make_tile(P, n_vec, lanes):
@@ -47,21 +48,21 @@ def _make_tile(P, n_vec, lanes):
     J = n_vec * lanes
 
     @intrinsic
-    def tile(typingctx, xa, offs, wb, wbase, taps, wgm, q0, nq, xout, xbase):
+    def tile(typingctx, xa, offs, obase, wb, wbase, taps, wgm, q0, nq, xout, xbase):
         for arr, dt in ((xa, types.uint64), (offs, types.int64), (wb, types.uint64),
                         (xout, types.int64)):
             if not isinstance(arr, types.Array) or arr.dtype != dt or arr.ndim != 1:
                 return None
         i64t = types.int64
-        sig = types.void(xa, offs, wb, i64t, i64t, i64t, i64t, i64t, xout, i64t)
+        sig = types.void(xa, offs, i64t, wb, i64t, i64t, i64t, i64t, i64t, xout, i64t)
 
         def codegen(context, builder, signature, args):
-            xa_, offs_, wb_, wbase_, taps_, wgm_, q0_, nq_, xout_, xbase_ = args
+            xa_, offs_, obase_, wb_, wbase_, taps_, wgm_, q0_, nq_, xout_, xbase_ = args
             ty = signature.args
             xp = context.make_array(ty[0])(context, builder, xa_).data
             op = context.make_array(ty[1])(context, builder, offs_).data
-            wp = context.make_array(ty[2])(context, builder, wb_).data
-            outp = context.make_array(ty[8])(context, builder, xout_).data
+            wp = context.make_array(ty[3])(context, builder, wb_).data
+            outp = context.make_array(ty[9])(context, builder, xout_).data
             i64 = ir.IntType(64)
             i32 = ir.IntType(32)
             vty = ir.VectorType(i64, lanes)
@@ -80,7 +81,7 @@ def _make_tile(P, n_vec, lanes):
                 t = lt.index
                 bases = []
                 for p in range(P):
-                    idx = builder.add(builder.mul(t, c(P)), c(p))
+                    idx = builder.add(obase_, builder.add(builder.mul(t, c(P)), c(p)))
                     bases.append(builder.add(builder.load(builder.gep(op, [idx])), q0_))
                 wrow0 = builder.add(builder.mul(t, wgm_), q0_)
                 with cgutils.for_range(builder, nq_) as lq:
@@ -115,11 +116,11 @@ def _make_tile(P, n_vec, lanes):
     return tile
 
 
-tile_4x32_avx512 = _make_tile(4, 4, 8)
+tile_6x32_avx512 = _make_tile(6, 4, 8)
 tile_4x8_avx2 = _make_tile(4, 2, 4)
 
 #: variant id -> (name, P, J); the id is what :func:`~.conv.bconv_forward` dispatches on
-TILES = {0: ("tile_4x32_avx512", 4, 32), 1: ("tile_4x8_avx2", 4, 8)}
+TILES = {0: ("tile_6x32_avx512", 6, 32), 1: ("tile_4x8_avx2", 4, 8)}
 
 
 @intrinsic

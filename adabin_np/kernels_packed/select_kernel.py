@@ -3,7 +3,7 @@
 Numba generates code for ``NUMBA_CPU_NAME`` / ``NUMBA_CPU_FEATURES`` when set, else for the
 host (and caches per CPU name and feature set), so the choice follows the same settings:
 
-* ``+avx512f`` and ``+avx512vpopcntdq`` -> ``tile_4x32_avx512`` (variant 0);
+* ``+avx512f`` and ``+avx512vpopcntdq`` -> ``tile_6x32_avx512`` (variant 0);
 * anything else (AVX2, or older) -> ``tile_4x8_avx2`` (variant 1).
 
 Both tiles are correct on every x86-64 CPU (they are plain LLVM vector IR); the choice only
