@@ -228,8 +228,8 @@ def _adabin_forward(x, w, alpha_c, beta_c, p, official):
         b_s.append(bm)
         b_abs.append(np.abs(bm))
     pix = p.out_h * p.out_w
-    chunk = max(1, min(n_, _CHUNK_ELEMENTS // max(1, groups * pix * k_g)))
     q = 4 if ties else 1
+    chunk = max(1, min(n_, _CHUNK_ELEMENTS // max(1, groups * pix * k_g)))
     y = np.empty((n_, o_, p.out_h, p.out_w))
     for n0 in range(0, n_, chunk):
         n1 = min(n_, n0 + chunk)
@@ -238,17 +238,21 @@ def _adabin_forward(x, w, alpha_c, beta_c, p, official):
         _kf.sign_im2col(sp, n0, n1, cg, kh, kw, sh, sw, dh, dw, p.out_h, p.out_w, seg_c0,
                         seg_len, g_seg0, g_seg1, a_s)
         a_abs = np.abs(a_s) if ties else a_s
-        r = np.empty((q, n_seg, og + 1, rows), dtype=gdt)
-        for s in range(n_seg):
-            g = seg_group[s]
-            cols = slice(seg_c0[s] * taps, (seg_c0[s] + seg_len[s]) * taps)
-            np.matmul(b_s[s], a_s[g][:, cols].T, out=r[0, s])
-            if ties:
-                np.matmul(b_abs[s], a_s[g][:, cols].T, out=r[1, s])
-                np.matmul(b_s[s], a_abs[g][:, cols].T, out=r[2, s])
-                np.matmul(b_abs[s], a_abs[g][:, cols].T, out=r[3, s])
-        _kf.combine_counts(r, wtap, seg_len, g_seg0, g_seg1, prods, ties, n0, n1, h_, w_, kh,
-                           kw, sh, sw, ph, pw, dh, dw, y)
+        # segments in batches whose GEMM results fit the chunk budget (many per-channel sets)
+        batch = max(1, min(n_seg, _CHUNK_ELEMENTS // (q * (og + 1) * rows)))
+        for s0 in range(0, n_seg, batch):
+            s1 = min(n_seg, s0 + batch)
+            r = np.empty((q, s1 - s0, og + 1, rows), dtype=gdt)
+            for s in range(s0, s1):
+                g = seg_group[s]
+                cols = slice(seg_c0[s] * taps, (seg_c0[s] + seg_len[s]) * taps)
+                np.matmul(b_s[s], a_s[g][:, cols].T, out=r[0, s - s0])
+                if ties:
+                    np.matmul(b_abs[s], a_s[g][:, cols].T, out=r[1, s - s0])
+                    np.matmul(b_s[s], a_abs[g][:, cols].T, out=r[2, s - s0])
+                    np.matmul(b_abs[s], a_abs[g][:, cols].T, out=r[3, s - s0])
+            _kf.combine_counts(r, s0, wtap, seg_len, g_seg0, g_seg1, prods, ties, n0, n1, h_,
+                               w_, kh, kw, sh, sw, ph, pw, dh, dw, y)
     return y
 
 

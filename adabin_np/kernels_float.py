@@ -178,11 +178,15 @@ def _border_weight_counts(wtap, o, s, oh, ow, h_, w_, kh, kw, sh, sw, ph, pw, dh
 
 
 @njit(cache=True, parallel=True)
-def combine_counts(r, wtap, seg_len, g_seg0, g_seg1, prods, ties, n0, n1, h_, w_, kh, kw,
-                   sh, sw, ph, pw, dh, dw, y):
+def combine_counts(r, s_first, wtap, seg_len, g_seg0, g_seg1, prods, ties, n0, n1, h_, w_, kh,
+                   kw, sh, sw, ph, pw, dh, dw, y):
     """y[n, o, oh, ow] = sum over segments s, level pairs (i, j) of prods[o, s, i, j] * n_ij.
 
-    ``r[q, s, ol, p]``: exact GEMM sums of segment ``s`` for output ``ol`` of its group;
+    ``r`` holds the segments ``s_first .. s_first + r.shape[1] - 1`` (a batch; batches are
+    passed in ascending order): a batch holding a group's first segment starts that group's
+    outputs from 0, later batches add to ``y``, so every output is the same left-to-right
+    sum over its group's segments whatever the batching.
+    ``r[q, s - s_first, ol, p]``: exact GEMM sums of segment ``s`` for output ``ol`` of its group;
     ``q = 0``: sum s_a s_w, and in row ``ol = O_g`` sum s_a; with ``ties``, ``q = 1, 2, 3``:
     sum s_a|s_w|, |s_a| s_w (row ``O_g``: sum |s_a|), |s_a||s_w|. ``wtap[k, o, s, tap]``:
     number of weights with sign +1 (k = 0) / -1 (k = 1) of segment ``s`` at ``tap``; the
@@ -229,6 +233,11 @@ def combine_counts(r, wtap, seg_len, g_seg0, g_seg1, prods, ties, n0, n1, h_, w_
         n = n0 + nl
         g = o // og
         ol = o % og
+        s_lo = max(g_seg0[g], s_first)
+        s_hi = min(g_seg1[g], s_first + r.shape[1])
+        if s_lo >= s_hi:
+            continue
+        fresh = s_first <= g_seg0[g]
         acc = np.zeros(out_w)
         for oh in range(out_h):
             vh = 0
@@ -237,9 +246,11 @@ def combine_counts(r, wtap, seg_len, g_seg0, g_seg1, prods, ties, n0, n1, h_, w_
                 if 0 <= ih < h_:
                     vh += 1
             p0 = nl * hw + oh * out_w
-            acc[:] = 0.0
-            for s in range(g_seg0[g], g_seg1[g]):
+            for ow in range(out_w):
+                acc[ow] = 0.0 if fresh else y[n, o, oh, ow]
+            for s in range(s_lo, s_hi):
                 pr = prods[o, s]
+                sr = s - s_first
                 fast = finite and not ties and vh == kh
                 if fast:
                     # branch-free loop over the interior columns (all taps in bounds)
@@ -250,8 +261,8 @@ def combine_counts(r, wtap, seg_len, g_seg0, g_seg1, prods, ties, n0, n1, h_, w_
                     p10 = pr[1, 0]
                     p11 = pr[1, 1]
                     for ow in range(ow_lo, ow_hi):
-                        s_ss = float(r[0, s, ol, p0 + ow])
-                        s_sa = float(r[0, s, og, p0 + ow])
+                        s_ss = float(r[0, sr, ol, p0 + ow])
+                        s_sa = float(r[0, sr, og, p0 + ow])
                         c_pp = (n_all + s_ss + s_sa + s_as) * 0.25
                         c_pm = (n_all - s_ss + s_sa - s_as) * 0.25
                         c_mp = (n_all - s_ss - s_sa + s_as) * 0.25
@@ -268,13 +279,13 @@ def combine_counts(r, wtap, seg_len, g_seg0, g_seg1, prods, ties, n0, n1, h_, w_
                     else:
                         wp, wm = _border_weight_counts(wtap, o, s, oh, ow, h_, w_, kh, kw,
                                                        sh, sw, ph, pw, dh, dw)
-                    s_ss = np.int64(r[0, s, ol, p])
-                    s_sa = np.int64(r[0, s, og, p])           # sum s_a = n+ - n-
+                    s_ss = np.int64(r[0, sr, ol, p])
+                    s_sa = np.int64(r[0, sr, og, p])           # sum s_a = n+ - n-
                     if ties:
-                        s_aa_marg = np.int64(r[2, s, og, p])  # sum |s_a| = n+ + n-
-                        s_sw = np.int64(r[1, s, ol, p])       # sum s_a |s_w|
-                        s_as = np.int64(r[2, s, ol, p])       # sum |s_a| s_w
-                        s_aa = np.int64(r[3, s, ol, p])       # sum |s_a| |s_w|
+                        s_aa_marg = np.int64(r[2, sr, og, p])  # sum |s_a| = n+ + n-
+                        s_sw = np.int64(r[1, sr, ol, p])       # sum s_a |s_w|
+                        s_as = np.int64(r[2, sr, ol, p])       # sum |s_a| s_w
+                        s_aa = np.int64(r[3, sr, ol, p])       # sum |s_a| |s_w|
                     else:
                         s_aa_marg = np.int64(vh * vw) * seg_len[s]
                         s_sw = s_sa

@@ -249,6 +249,14 @@ def test_float64_gemm_and_chunking_bit_identical(convention, monkeypatch):
     monkeypatch.setattr(conv_mod, "_CHUNK_ELEMENTS", 100)   # one sample per chunk
     chunked = ab.adabin_conv2d(x, w, 0.5, 0.25, **kw)
     assert np.array_equal(base, f64) and np.array_equal(base, chunked)
+    # per-channel sets: one segment per GEMM batch vs all segments at once
+    alpha = np.array([0.5, 0.75, 0.75, -1.0])
+    beta = np.array([0.25, 0.0, 0.0, 0.5])
+    one_batch = ab.adabin_conv2d(x, w, alpha, beta, **kw)
+    monkeypatch.setattr(conv_mod, "_CHUNK_ELEMENTS", 2 ** 24)
+    all_batch = ab.adabin_conv2d(x, w, alpha, beta, **kw)
+    assert np.array_equal(one_batch, all_batch)
+    check_forward(x, w, alpha, beta, convention, padding=(1, 1), groups=2)
     g0 = ab.adabin_conv2d_grad(x, w, 0.5, 0.25, np.ones_like(base), **kw)
     monkeypatch.setattr(conv_mod, "_BWD_CHUNK_ELEMENTS", 100)
     g1 = ab.adabin_conv2d_grad(x, w, 0.5, 0.25, np.ones_like(base), **kw)
