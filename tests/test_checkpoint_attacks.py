@@ -4,7 +4,9 @@ Every attack file is built here (pure Python, no torch) and loaded by a fresh in
 runs under ``RLIMIT_AS`` (its address space after imports plus a small allowance) and a
 wall-clock timeout, so a crash, hang or unbounded allocation fails the test instead of the
 test run. Each case must be refused with a ``CheckpointError`` naming the path and matching
-the expected reason, or load to exactly the expected arrays, in under 2 s. After the attacks,
+the expected reason, or load to exactly the expected arrays, each within a 10 s hang guard
+(the 2 s target for files up to 10 MB is measured by ``fuzz/bench_hostile.py``, not by a
+timed test). After the attacks,
 the *same* process loads genuine ``torch.save`` files (zip and legacy) and compares them bit
 for bit with ``torch.load(weights_only=True)`` -- proof that no hostile file changed
 process-wide state (the old loader, after a refused BUILD on an allow-listed global, loaded
@@ -41,7 +43,7 @@ from test_checkpoint import (
 from adabin_np.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
-SECONDS = 2.0  # every file here is <= 10 MB: loaded or refused within this time
+HANG_GUARD_S = 10.0  # per case; the 2 s target is a benchmark (fuzz/bench_hostile.py)
 S0 = STORAGE0.tobytes()
 
 RUNNER = textwrap.dedent(r'''
@@ -130,7 +132,7 @@ def run_cases(tmp_path: Path, cases: dict, genuine: list[str], *, mem_mib: int =
     if out["genuine"] is not None:
         assert out["genuine"] and all(out["genuine"].values()), out["genuine"]
     for name, result in out["results"].items():
-        assert result["seconds"] < SECONDS, (name, result)
+        assert result["seconds"] < HANG_GUARD_S, (name, result)
         if "error" in result:
             assert result["error"].startswith(str(tmp_path / f"{name}.bin") + ": "), result
     return out["results"]
@@ -251,7 +253,7 @@ def test_deep_nesting(tmp_path, genuine):
     for _ in range(n // 2):
         frozen = b"(" + frozen + b"\x91"
     # list in list (dict in dict) via the memo with a constant stack; memo 0 keeps the root
-    deep_list = b"]q\x00" + b"]q\x01a0h\x01" * 100_000 + b"0h\x00"
+    deep_list = b"]q\x00" + b"]q\x01a0h\x01" * 80_000 + b"0h\x00"
     deep_dict = b"}q\x00" + (push("k") + b"}q\x01s0h\x01") * 60_000 + b"0h\x00"
     ok_tail = push("x") + tensor()
 
@@ -441,8 +443,8 @@ def test_decompression_bombs_and_max_bytes(tmp_path, genuine):
     # 384 MiB of address space on top of the imports: a 512 MiB allocation cannot happen
     results = run_cases(tmp_path, cases, genuine, mem_mib=384)
     assert_refused(results, {
-        "torch_bomb_512MiB": r"over max_bytes=268435456",
-        "npz_bomb_300MiB": r"over max_bytes=268435456",
+        "torch_bomb_512MiB": r"over max_bytes=134217728",
+        "npz_bomb_300MiB": r"over max_bytes=134217728",
         "torch_bomb_over_explicit_limit": r"over max_bytes=16777216",
         "broadcast_view_512MiB": "over max_bytes",
         "bzip2_member": "compression method 12",
@@ -470,7 +472,7 @@ def test_max_bytes_accounting_is_exact(tmp_path):
         load_checkpoint(path, max_bytes=-1)
 
 
-def test_zip_structure_attacks(tmp_path, genuine):
+def test_archive_structure_attacks(tmp_path, genuine):
     good = one_tensor_zip(tensor())
     pkl = b"\x80\x02}(" + push("x") + tensor() + b"u."
     dup = io.BytesIO()
@@ -485,18 +487,30 @@ def test_zip_structure_attacks(tmp_path, genuine):
     encrypted[6] |= 1  # general purpose flag of the first local header
     cd = good.index(b"PK\x01\x02")
     encrypted[cd + 8] |= 1  # and of its central directory entry
-    many = io.BytesIO()
-    with zipfile.ZipFile(many, "w") as zf:
-        zf.writestr("archive/data.pkl", pkl)
-        zf.writestr("archive/data/0", S0)
-        for i in range(20_000):
-            zf.writestr(f"archive/x/{i}", b"")
+    def many_members(n):
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w") as zf:
+            zf.writestr("archive/data.pkl", pkl)
+            zf.writestr("archive/data/0", S0)
+            for i in range(n):
+                zf.writestr(f"archive/x/{i}", b"")
+        return buf.getvalue()
+
+    npz_many = io.BytesIO()
+    np.savez(npz_many, **{f"a{i}": np.float32(i) for i in range(20_001)})
+    st_many = {f"t{i}": {"dtype": "F32", "shape": [0], "data_offsets": [0, 0]}
+               for i in range(20_001)}
     cases = {"duplicate_member": dup.getvalue(), "crc_mismatch": bytes(crc),
-             "encrypted": bytes(encrypted), "many_members": many.getvalue(),
+             "encrypted": bytes(encrypted), "many_members": many_members(19_000),
+             "too_many_members": many_members(20_000), "npz_too_many": npz_many.getvalue(),
+             "safetensors_too_many": safetensors_file(st_many),
              "two_pickles": deflated_zip({"a/data.pkl": pkl, "b/data.pkl": pkl})}
     results = run_cases(tmp_path, cases, genuine)
     assert_refused(results, {"duplicate_member": "same name", "crc_mismatch": "CRC",
-                             "encrypted": "encrypted", "two_pickles": "several data.pkl"})
+                             "encrypted": "encrypted", "two_pickles": "several data.pkl",
+                             "too_many_members": "more than 20000 members",
+                             "npz_too_many": "more than 20000 members",
+                             "safetensors_too_many": "more than 20000 tensors"})
     assert results["many_members"]["loaded"] == digest(EXPECTED_X3)
 
 

@@ -111,6 +111,6 @@ def test_truncation_and_bitflip_sweep(tmp_path):
     out = json.loads(proc.stdout.strip().splitlines()[-1])
     print(out["counts"], "slowest %.3f s" % out["slowest"])
     assert out["failures"] == [], out["failures"][:10]
-    assert out["slowest"] < 2.0, out
+    assert out["slowest"] < 10.0, out  # hang guard; timing targets: fuzz/bench_hostile.py
     # the sweep reached both outcomes (a sweep that refuses everything tests little)
     assert out["counts"]["refused"] > 100 and out["counts"]["loaded"] > 10, out

@@ -92,7 +92,7 @@ def parse(data: bytes, limits: Limits) -> dict[str, np.ndarray]:
     if not data:
         raise CheckpointError("file is empty")
     if data[:2] == b"PK":
-        zf = open_zip(data)
+        zf = open_zip(data, limits.max_members)
         pkl = torch_zip.find_pickle(zf)
         if pkl is not None:
             return torch_zip.load(zf, pkl, limits, budget)
@@ -121,7 +121,7 @@ def load_checkpoint(path: str | os.PathLike, *,
         an ``.npz`` archive of numeric arrays, or a ``.safetensors`` file.
     max_bytes : int, optional
         Limit on the decoded bytes: the returned arrays plus every storage the reader must
-        copy or decompress out of the file. Default ``max(256 MiB, 4 * file size)``. Checked
+        copy or decompress out of the file. Default ``max(128 MiB, 4 * file size)``. Checked
         before the memory is taken.
 
     Returns

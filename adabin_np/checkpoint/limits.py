@@ -4,14 +4,21 @@ Every limit is checked *before* the work or memory it bounds is spent:
 
 * ``max_bytes`` -- total **decoded bytes**: the size of every returned array plus the size of
   every tensor storage that had to be copied or decompressed out of the file (zip members,
-  ``.npy`` payloads). Default ``max(256 MiB, 4 * file size)``: a genuine uncompressed
+  ``.npy`` payloads). Default ``max(128 MiB, 4 * file size)``: a genuine uncompressed
   checkpoint decodes to about twice its size, while a few bytes of deflate or a broadcast
-  (stride-0) view cannot make the loader allocate gigabytes unasked. Pass a larger value for
+  (stride-0) view cannot make the loader allocate gigabytes unasked (and decompressing
+  64 MiB and copying it stays within about a second). Pass a larger value for
   highly compressed ``.npz`` files or broadcast-heavy checkpoints.
-* ``max_ops`` -- pickle opcodes per file (all pickles of a legacy file together), 1,000,000:
-  a state dict needs about 25 per tensor, so this admits ~40,000 tensors while keeping the
-  pure-Python pickle VM under a second.
+* ``max_ops`` -- pickle opcodes per file (all pickles of a legacy file together), 500,000,
+  with calls and sets weighted (see :mod:`.pickle_vm`). ``torch.save`` spends about 60
+  weighted opcodes per tensor (a 2,000-parameter model with its Adam state: 6,000 tensors,
+  363,000), so this admits ~8,000 tensors while bounding the pure-Python VM's time (about
+  1 s for the most expensive opcode mix on the 2-core development VM) and memory (about
+  100 MB).
 * ``max_depth`` -- MARK nesting and tuple-in-tuple nesting, 1,000.
+* ``max_members`` -- zip members (torch zip, ``.npz``) and safetensors entries, 20,000: the
+  per-member work (a zip directory entry, an ``.npy`` header, a JSON entry) costs tens of
+  microseconds in Python, and a 10 MB archive could otherwise hold 200,000 of them.
 * ``max_equal_hashes`` -- dict keys / set elements of one container that share one hash value,
   32 (Python dicts degrade quadratically on equal hashes; genuine files have none).
 * ``max_key_items`` -- elements of a tuple used as a dict key or set element, 16.
@@ -24,7 +31,7 @@ from dataclasses import dataclass
 
 from .errors import CheckpointError
 
-MIN_DEFAULT_MAX_BYTES = 256 * 2**20
+MIN_DEFAULT_MAX_BYTES = 128 * 2**20
 DEFAULT_BYTES_PER_FILE_BYTE = 4
 
 
@@ -33,8 +40,9 @@ class Limits:
     """The limits of one load (see the module docstring for their meaning and defaults)."""
 
     max_bytes: int
-    max_ops: int = 1_000_000
+    max_ops: int = 500_000
     max_depth: int = 1000
+    max_members: int = 20_000
     max_equal_hashes: int = 32
     max_key_items: int = 16
     max_ndim: int = 32
@@ -42,7 +50,7 @@ class Limits:
 
 
 def default_max_bytes(file_size: int) -> int:
-    """``max(256 MiB, 4 * file_size)``: the documented default of ``load_checkpoint``."""
+    """``max(128 MiB, 4 * file_size)``: the documented default of ``load_checkpoint``."""
     return max(MIN_DEFAULT_MAX_BYTES, DEFAULT_BYTES_PER_FILE_BYTE * file_size)
 
 

@@ -25,7 +25,8 @@ filter in front of CPython's unpickler:
   them cannot recurse; and at most ``max_equal_hashes`` keys of one container may share a
   hash value, so building a dict cannot go quadratic.
 * **No amplification.** A handler that builds something from a referenced object pays for
-  it: ``set(list)``/``frozenset(list)`` cost ``SET_ELEMENT_COST`` = 3 opcodes per element, ``_codecs.encode``
+  it: a new set costs ``SET_COST`` = 4 opcodes (its memory is 4 times a list's), and
+  ``set(list)``/``frozenset(list)`` ``SET_ELEMENT_COST`` = 3 more per element, ``_codecs.encode``
   charges the bytes it creates to ``max_bytes``, ``torch.device`` names are at most 64
   characters. Everything else an opcode creates is at most one reference.
 
@@ -43,6 +44,7 @@ arguments and ``_codecs.encode(str, "latin1")`` (protocol 2's ``bytes``); ``torc
 from __future__ import annotations
 
 import codecs
+import gc
 import io
 import pickletools
 import struct
@@ -235,6 +237,7 @@ _REFUSED = {"INST": "instantiates arbitrary classes", "OBJ": "instantiates arbit
 
 REDUCE_COST = 8  # opcodes a REDUCE counts as against max_ops
 SET_ELEMENT_COST = 3  # opcodes each element of set(list)/frozenset(list) counts as
+SET_COST = 4  # opcodes a new set counts as (an empty set takes 216 bytes, a list 56)
 
 
 class OpCounter:
@@ -301,7 +304,7 @@ class PickleVM:
         return d
 
     def new_set(self, items, *, frozen: bool):
-        self.counter.left -= SET_ELEMENT_COST * len(items)
+        self.counter.left -= SET_COST - 1 + SET_ELEMENT_COST * len(items)
         if self.counter.left < 0:
             raise CheckpointError(f"pickle needs more than {self.limits.max_ops} steps "
                                   "(max_ops)")
@@ -322,16 +325,18 @@ class PickleVM:
             target[key] = items[i + 1]
 
     def _tuple(self, items) -> tuple:
+        """A tuple; its nesting depth is recorded when it holds tuples (others have depth 1)."""
         t = tuple(items)
         depth = 1
         for e in t:
             if type(e) is tuple:
                 entry = self._depth.get(id(e))
-                if entry is not None and entry[0] is e:
-                    depth = max(depth, entry[1] + 1)
-        if depth > self.limits.max_depth:
-            raise CheckpointError(f"tuples nested deeper than {self.limits.max_depth}")
-        if t:
+                child = entry[1] if entry is not None and entry[0] is e else 1
+                if child >= depth:
+                    depth = child + 1
+        if depth > 1:
+            if depth > self.limits.max_depth:
+                raise CheckpointError(f"tuples nested deeper than {self.limits.max_depth}")
             self._depth[id(t)] = (t, depth)
         return t
 
@@ -402,6 +407,14 @@ class PickleVM:
                     arg = arg.decode("utf-8", "surrogatepass")
                 elif kind in _LONG_KINDS:
                     arg = int.from_bytes(arg, "little", signed=True)
+            elif kind == _TWO_LINES:  # GLOBAL's "module\nname\n" (INST refused below)
+                first = data.find(b"\n", pos)
+                second = data.find(b"\n", first + 1) if first >= 0 else -1
+                if second < 0:
+                    raise CheckpointError(f"pickle is truncated ({_NAMES[code]})")
+                arg = (data[pos:first].decode("utf-8") + " "
+                       + data[first + 1:second].decode("utf-8"))
+                pos = second + 1
             else:  # protocol 0 text argument: pickletools' own readers
                 stream = io.BytesIO(data)
                 stream.seek(pos)
@@ -537,6 +550,7 @@ class PickleVM:
         self._setitems(self._top(), items)
 
     def op_EMPTY_SET(self, arg):
+        self.counter.left -= SET_COST - 1
         self.stack.append(set())
 
     def op_ADDITEMS(self, arg):
@@ -595,7 +609,7 @@ class PickleVM:
 # opcode byte -> name (None: not an opcode); its argument's kind; protocol 0 text readers
 _NO_ARG, _U1, _U2, _U4, _U8, _CONST, _I4, _F8 = range(8)
 _BYTES1, _BYTES4, _BYTES8, _BINSTRING, _UTF8_1, _UTF8_4, _UTF8_8, _LONG1, _LONG4 = range(8, 17)
-_TEXT = 17
+_TEXT, _TWO_LINES = 17, 18
 _WIDTH = {_U1: 1, _U2: 2, _U4: 4, _U8: 8}
 _COUNT_WIDTH = {_BYTES1: 1, _BYTES4: 4, _BYTES8: 8, _BINSTRING: 4, _UTF8_1: 1, _UTF8_4: 4,
                 _UTF8_8: 8, _LONG1: 1, _LONG4: 4}
@@ -610,7 +624,7 @@ _OPCODES = {  # name: (byte, argument kind); the argument kinds of pickletools.o
     "STRING": (b"S", _TEXT), "BINSTRING": (b"T", _BINSTRING),
     "SHORT_BINSTRING": (b"U", _BYTES1), "UNICODE": (b"V", _TEXT),
     "BINUNICODE": (b"X", _UTF8_4), "APPEND": (b"a", _NO_ARG), "BUILD": (b"b", _NO_ARG),
-    "GLOBAL": (b"c", _TEXT), "DICT": (b"d", _NO_ARG), "EMPTY_DICT": (b"}", _NO_ARG),
+    "GLOBAL": (b"c", _TWO_LINES), "DICT": (b"d", _NO_ARG), "EMPTY_DICT": (b"}", _NO_ARG),
     "APPENDS": (b"e", _NO_ARG), "GET": (b"g", _TEXT), "BINGET": (b"h", _U1),
     "INST": (b"i", _TEXT), "LONG_BINGET": (b"j", _U4), "LIST": (b"l", _NO_ARG),
     "EMPTY_LIST": (b"]", _NO_ARG), "OBJ": (b"o", _NO_ARG), "PUT": (b"p", _TEXT),
@@ -648,7 +662,6 @@ _TEXT_READERS = {
     ord("L"): pickletools.read_decimalnl_long, ord("S"): _read_py2_string,
     ord("V"): pickletools.read_unicodestringnl, ord("g"): pickletools.read_decimalnl_short,
     ord("p"): pickletools.read_decimalnl_short,
-    ord("c"): pickletools.read_stringnl_noescape_pair,
     ord("i"): pickletools.read_stringnl_noescape_pair, ord("P"): pickletools.read_stringnl_noescape,
 }
 assert all(_NAMES[code] is not None for code in _TEXT_READERS)
@@ -660,6 +673,11 @@ def unpickle(data: bytes, start: int, limits: Limits, counter: OpCounter, budget
              persistent: Callable[[object], StorageRef] | None = None) -> tuple[object, int]:
     """Run the pickle at ``data[start:]``; return (object, offset just past its STOP)."""
     vm = PickleVM(limits, counter, budget, persistent)
+    # The cyclic GC would rescan every container built so far, again and again, as a pickle
+    # creates up to max_ops of them (quadratic: 1M empty lists took 3.7 s instead of 0.4 s).
+    # The VM builds no reference cycles of its own; cycles a pickle makes are collected later.
+    gc_was_enabled = gc.isenabled()
+    gc.disable()
     try:
         return vm.run(bytes(data) if type(data) is not bytes else data, start)
     except CheckpointError:
@@ -667,3 +685,6 @@ def unpickle(data: bytes, start: int, limits: Limits, counter: OpCounter, budget
     except (ValueError, OverflowError, UnicodeDecodeError, struct.error) as exc:
         # malformed argument: bad UTF-8, a text number that does not parse, ...
         raise CheckpointError(f"corrupt pickle: {str(exc)[:200]}") from None
+    finally:
+        if gc_was_enabled:
+            gc.enable()

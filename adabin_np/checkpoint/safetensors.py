@@ -6,7 +6,7 @@ name to ``{"dtype": D, "shape": [d0, ...], "data_offsets": [begin, end]}`` (offs
 to the buffer), plus an optional ``"__metadata__"`` object of string values.
 
 Validation, all before any tensor is made (the reference implementation's rules):
-``N <= 100,000,000`` and ``8 + N <= file size``; the header starts with ``{``, is valid UTF-8
+``N <= 100,000,000`` and ``8 + N <= file size``; at most ``max_members`` tensors; the header starts with ``{``, is valid UTF-8
 JSON without duplicate names, and each entry has exactly those three fields; ``D`` is a known
 dtype (``BOOL U8 I8 U16 I16 U32 I32 U64 I64 F16 BF16 F32 F64 C64``; float8/float4 are
 refused); ``shape`` is a list of at most ``max_ndim`` integers ``>= 0``;
@@ -85,6 +85,9 @@ def parse_header(data: bytes, limits: Limits) -> tuple[dict, int]:
     if metadata is not None and (type(metadata) is not dict
                                  or not all(type(v) is str for v in metadata.values())):
         raise CheckpointError("safetensors __metadata__ must map strings to strings")
+    if len(header) > limits.max_members:
+        raise CheckpointError(f"safetensors header lists more than {limits.max_members} "
+                              "tensors (max_members)")
     entries: dict[str, tuple] = {}
     for name, info in header.items():
         if type(info) is not dict or set(info) != _FIELDS:
