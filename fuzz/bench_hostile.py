@@ -103,10 +103,12 @@ def cases() -> dict[str, bytes]:
         "legit: 7,000 tensors": many_tensors(7_000),
         "deflate bomb 512 MiB (over default)": torch_bomb(512 * MB),
         "npz bomb 300 MiB (over default)": npz_bomb(300 * MB),
-        "deflate 120 MiB tensor (loads)": torch_bomb(120 * MB),
-        "zip with 90k members": many_zip_members(90_000),
-        "npz with 40k members": many_npz_members(40_000),
-        "safetensors 10 MB header": big_safetensors_header(150_000),
+        "deflate 60 MiB tensor (loads)": torch_bomb(60 * MB),
+        "zip, 19,900 members (loads)": many_zip_members(19_900),
+        "zip, 105k members (refused)": many_zip_members(105_000),
+        "npz, 20,000 arrays (loads)": many_npz_members(20_000),
+        "safetensors, 20,000 entries (loads)": big_safetensors_header(20_000),
+        "safetensors, 10 MB header (refused)": big_safetensors_header(150_000),
         "safetensors JSON nesting": (1_000_000 + 10).to_bytes(8, "little") + b'{"x":'
         + b"[" * 1_000_000 + b"]",
     }

@@ -6,8 +6,9 @@ name to ``{"dtype": D, "shape": [d0, ...], "data_offsets": [begin, end]}`` (offs
 to the buffer), plus an optional ``"__metadata__"`` object of string values.
 
 Validation, all before any tensor is made (the reference implementation's rules):
-``N <= 100,000,000`` and ``8 + N <= file size``; at most ``max_members`` tensors; the header starts with ``{``, is valid UTF-8
-JSON without duplicate names, and each entry has exactly those three fields; ``D`` is a known
+``N <= 100,000,000`` and ``8 + N <= file size``; the header starts with ``{``, is valid UTF-8
+JSON without duplicate names, lists at most ``max_members`` tensors (this reader's own limit),
+and each entry has exactly those three fields; ``D`` is a known
 dtype (``BOOL U8 I8 U16 I16 U32 I32 U64 I64 F16 BF16 F32 F64 C64``; float8/float4 are
 refused); ``shape`` is a list of at most ``max_ndim`` integers ``>= 0``;
 ``end - begin == prod(shape) * itemsize``; sorted by offset, the tensors tile the buffer

@@ -21,7 +21,7 @@ import numpy as np
 
 from .dtypes import DType, decode
 from .errors import CheckpointError
-from .limits import ByteBudget, Limits
+from .limits import ByteBudget
 
 WRAPPER_KEYS = ("state_dict", "model_state_dict", "model", "net")
 STRIP_PREFIX = "module."
@@ -164,8 +164,8 @@ def check_bounds(t: TensorDesc) -> None:
             f"of a storage of {available} elements (out of bounds)")
 
 
-def materialize(t: TensorDesc, root: bytes | bytearray | memoryview, byteorder: str,
-                limits: Limits) -> np.ndarray:
+def materialize(t: TensorDesc, root: bytes | bytearray | memoryview,
+                byteorder: str) -> np.ndarray:
     """Validate ``t`` against ``root`` (its storage's bytes) and copy it into a fresh array."""
     s = t.storage
     if len(root) != s.nbytes:
@@ -221,8 +221,7 @@ def strip_prefix(items) -> dict[str, object]:
 
 
 def state_dict_arrays(obj, fetch: Callable[[StorageRef], bytes | bytearray | memoryview],
-                      byteorder: str, limits: Limits,
-                      budget: ByteBudget) -> dict[str, np.ndarray]:
+                      byteorder: str, budget: ByteBudget) -> dict[str, np.ndarray]:
     """Select the state dict of ``obj`` and materialize its tensors.
 
     ``fetch(ref)`` returns the bytes of ``ref``'s whole root storage (charging the budget
@@ -240,5 +239,5 @@ def state_dict_arrays(obj, fetch: Callable[[StorageRef], bytes | bytearray | mem
         roots.setdefault(t.storage.key, t.storage)
     budget.take(sum(t.nbytes for t in tensors.values()), "the returned arrays")
     data = {key: fetch(ref) for key, ref in roots.items()}
-    return {k: materialize(t, data[t.storage.key], byteorder, limits)
+    return {k: materialize(t, data[t.storage.key], byteorder)
             for k, t in tensors.items()}

@@ -64,4 +64,4 @@ def load(data: bytes, limits: Limits, budget: ByteBudget) -> dict[str, np.ndarra
             raise CheckpointError(f"storage {ref.key!r:.40} has no data in the file") \
                 from None
 
-    return state_dict_arrays(obj, fetch, "little", limits, budget)
+    return state_dict_arrays(obj, fetch, "little", budget)

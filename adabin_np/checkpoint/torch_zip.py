@@ -49,4 +49,4 @@ def load(zf: zipfile.ZipFile, pkl_name: str, limits: Limits,
     def fetch(ref: StorageRef) -> bytearray:
         return read_member(zf, f"{prefix}data/{ref.key}", size=ref.nbytes, budget=budget)
 
-    return state_dict_arrays(obj, fetch, byteorder, limits, budget)
+    return state_dict_arrays(obj, fetch, byteorder, budget)
