@@ -6,7 +6,11 @@ write reference files and to read ours back. Header attacks are in test_checkpoi
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import sys
+import textwrap
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,6 +20,7 @@ from adabin_np.checkpoint import CheckpointError, load_checkpoint, save_checkpoi
 from test_checkpoint import PUBLIC, assert_same
 
 safetensors_numpy = pytest.importorskip("safetensors.numpy")
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def arrays() -> dict[str, np.ndarray]:
@@ -37,10 +42,24 @@ def expected(src: dict) -> dict:
     return {k: np.array(v, dtype=v.dtype.newbyteorder("="), order="C") for k, v in src.items()}
 
 
-def test_package_imports_no_torch():
-    if "torch" in sys.modules:
-        pytest.skip("torch already imported by another test in this process")
-    assert "torch" not in sys.modules
+def test_no_torch_and_no_safetensors_at_run_time(tmp_path):
+    """Loading and saving every format imports neither torch nor the safetensors package,
+    and the package's NumPy API (used by these tests) imports no torch either."""
+    code = textwrap.dedent(f"""
+        import sys
+        import numpy as np
+        from adabin_np.checkpoint import load_checkpoint, save_checkpoint
+        for suffix in (".npz", ".safetensors"):
+            path = save_checkpoint({{"a": np.ones(3)}}, {str(tmp_path)!r} + "/x" + suffix)
+            assert list(load_checkpoint(path)) == ["a"]
+        assert "torch" not in sys.modules and "safetensors" not in sys.modules
+        import safetensors.numpy
+        assert "torch" not in sys.modules
+    """)
+    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr[-2000:]
 
 
 def test_reads_files_the_package_writes(tmp_path):
