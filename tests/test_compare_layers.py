@@ -161,13 +161,13 @@ ALL = None
 
 
 def _names(net):
-    return [n for n, _ in net.named_modules() if n and not n.endswith("binary_a")]
+    return [n for n, _ in net.named_modules() if n]
 
 
 @pytest.fixture(scope="module")
 def setup():
     model = oracle_model()
-    x = np.random.default_rng(5).normal(size=(4, 3, 32, 32))
+    x = np.random.default_rng(5).normal(size=(2, 3, 32, 32))
     return model, x
 
 
@@ -211,6 +211,17 @@ def test_a_broken_bn_is_named_with_a_subset_of_names(setup):
     report = abt.compare_layers(model, x, outputs)
     assert [r.name for r in report.rows] == subset
     assert report.first_divergence == "layer3.0.bn2"
+
+
+def test_the_docs_recipe_loads_the_oracle_from_the_torch_state_dict(setup):
+    model, x = setup
+    net = torch_twin(model)
+    oracle = ab.models.resnet20_1w1a(convention="official")
+    oracle.load_state_dict({k: v.detach().cpu().numpy() for k, v in net.state_dict().items()})
+    oracle.eval()
+    outputs, inputs = run_with_hooks(net, torch.tensor(x), _names(net))
+    report = abt.assert_layers_match(oracle, x, outputs, inputs=inputs)
+    assert "layer1.0.conv1.binary_a" in [r.name for r in report.rows]
 
 
 def test_float32_twin_with_inputs_is_judged_layer_by_layer(setup):

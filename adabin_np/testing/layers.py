@@ -30,7 +30,7 @@ from typing import NamedTuple
 import numpy as np
 
 from .compare import _to_numpy, compare_with_oracle
-from .flip_masks import _check_tol, conv_flip_risk
+from .flip_masks import _check_tol, conv_flip_risk, flip_risk
 
 _LAYER_RTOL = {"float64": 1e-9, "float32": 1e-4, "float16": 1e-2, "bfloat16": 1e-2}
 
@@ -110,6 +110,27 @@ def _capture(model, x):
     return seen
 
 
+def _binary_activations(seen, modules, wanted):
+    """Add ``<conv>.binary_a`` entries (the oracle's conv binarizes inside one kernel call, so
+    its activation module never runs): input and binarized output, just before the conv."""
+    out = {}
+    for name, value in seen.items():
+        sub = name + ".binary_a"
+        mod = modules[name]
+        if sub in wanted and _is_adabin_conv(mod):
+            from ..binarize import binarize_activations
+            inp = value[0]
+            out[sub] = (inp, binarize_activations(inp, mod.binary_a.params["alpha_a"],
+                                                  mod.binary_a.params["beta_a"],
+                                                  convention=mod.convention))
+        out[name] = value
+    return out
+
+
+def _is_binary_activation(mod):
+    return type(mod).__name__ == "BinaryActivation" and "alpha_a" in mod.params
+
+
 def _is_adabin_conv(mod):
     return type(mod).__name__ == "AdaBinConv2d" and hasattr(mod, "binary_a")
 
@@ -150,7 +171,7 @@ def compare_layers(model, x, outputs, *, inputs=None, rtol=None, tol=None):
     if unknown:
         raise ValueError(f"unknown layer names {unknown}; the model's names are its "
                          f"state_dict prefixes, e.g. {[n for n in modules if n][:6]}")
-    seen = _capture(model, x)
+    seen = _binary_activations(_capture(model, x), modules, outputs)
     order = [n for n in seen if n in outputs]
     not_found = tuple(n for n in outputs if n not in seen)
     rows = []
@@ -210,6 +231,18 @@ def _compare_layer(name, mod, layer_in, expected, actual, dtype_name, rtol, tol,
             status = "flips forgiven"
         else:
             status = "ok"
+        if status == "DIVERGES" and flipped_upstream is not None and not local:
+            status = "after flips"
+        return LayerRow(name, kind, expected.shape, max_abs, max_rel, f.mismatched, f.forgiven,
+                        risk, status, str(report) if status == "DIVERGES" else "")
+    if _is_binary_activation(mod):
+        report = compare_with_oracle(user.reshape(expected.shape), "binarize_activations",
+                                     layer_in, mod.params["alpha_a"], mod.params["beta_a"],
+                                     tol=tol, convention=mod.convention)
+        f = report.fields[0]
+        risk = int(flip_risk(layer_in, mod.params["alpha_a"], mod.params["beta_a"],
+                             tol=report.tol).sum())
+        status = "DIVERGES" if f.unforgiven else ("flips forgiven" if f.forgiven else "ok")
         if status == "DIVERGES" and flipped_upstream is not None and not local:
             status = "after flips"
         return LayerRow(name, kind, expected.shape, max_abs, max_rel, f.mismatched, f.forgiven,
