@@ -56,6 +56,7 @@ from __future__ import annotations
 
 import functools
 import numbers
+import time
 from typing import NamedTuple
 
 import numpy as np
@@ -578,13 +579,20 @@ _NO_F64 = np.zeros(0)
 
 
 def _run_cpu(x, pw, alpha_c, beta_c, p: ConvParams, official, raw=False, out=None,
-             residual=None, maxout=None):
-    """Pack activations, build (or reuse) the border tables and run the tiled kernel."""
+             residual=None, maxout=None, stages=None):
+    """Pack activations, build (or reuse) the border tables and run the tiled kernel.
+    ``stages`` (benchmark only): a dict that receives the seconds of ``pack``, ``tables``
+    (layout, kernel weights, border tables), ``kernel`` and ``tiles`` (the kernel's
+    microkernel part alone, from a second ``tiles_only`` run)."""
+    clock = time.perf_counter
+    t0 = clock()
     n_, c_, h_, w_ = x.shape
     o_, cg, kh, kw = pw.shape
     groups = p.groups
     layout = _channel_layout(alpha_c, beta_c, groups, official)
+    t1 = clock()
     xa, ties = _pack_input(x, alpha_c, beta_c, layout)
+    t2 = clock()
     variant, tp, jb = _kp.select_tile()
     og = o_ // groups
     wtb, pcw = pw._kernel_weights(layout, groups, jb)
@@ -605,16 +613,22 @@ def _run_cpu(x, pw, alpha_c, beta_c, p: ConvParams, official, raw=False, out=Non
         raw_x = np.zeros((1, 1, 1), dtype=np.int64)
         raw_a = raw_x
         y = out if out is not None else np.empty((n_, o_, hw), dtype=_output_dtype(x))
-    _kp.bconv_forward(xa, h_, w_, p.out_h, wtb, variant, tp, layout.wgm, layout.g_w0, og,
-                      layout.seg_w0, layout.seg_w1, layout.seg_da, layout.g_seg0, layout.g_seg1,
-                      layout.seg_n, brow, krow, pinv, r_lo, r_hi, c_lo, c_hi, pw.alpha, pw.beta,
-                      row_cls, col_cls, kh, kw, p.stride[0], p.stride[1], p.padding[0],
-                      p.padding[1], p.dilation[0], p.dilation[1], rows, bpt, raw, raw_x, raw_a,
-                      (np.zeros((0, 0, 0), dtype=y.dtype) if residual is None
-                       else residual.reshape(n_, o_, hw)),
-                      _NO_F64 if maxout is None else maxout[0],
-                      _NO_F64 if maxout is None else maxout[1],
-                      y.reshape(y.shape[0], y.shape[1], -1))
+    args = (xa, h_, w_, p.out_h, wtb, variant, tp, layout.wgm, layout.g_w0, og,
+            layout.seg_w0, layout.seg_w1, layout.seg_da, layout.g_seg0, layout.g_seg1,
+            layout.seg_n, brow, krow, pinv, r_lo, r_hi, c_lo, c_hi, pw.alpha, pw.beta,
+            row_cls, col_cls, kh, kw, p.stride[0], p.stride[1], p.padding[0],
+            p.padding[1], p.dilation[0], p.dilation[1], rows, bpt, raw, raw_x, raw_a,
+            (np.zeros((0, 0, 0), dtype=y.dtype) if residual is None
+             else residual.reshape(n_, o_, hw)),
+            _NO_F64 if maxout is None else maxout[0],
+            _NO_F64 if maxout is None else maxout[1])
+    t3 = clock()
+    _kp.bconv_forward(*args, False, y.reshape(y.shape[0], y.shape[1], -1))
+    if stages is not None:
+        t4 = clock()
+        _kp.bconv_forward(*args, True, y.reshape(y.shape[0], y.shape[1], -1))
+        stages.update(layout=t1 - t0, pack=t2 - t1, tables=t3 - t2, kernel=t4 - t3,
+                      tiles=clock() - t4)
     if raw:
         cls = (row_cls[:, None], col_cls[None, :])
         sw = sum_w[cls]                                   # (OH, OW, O)

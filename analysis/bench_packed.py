@@ -1,13 +1,14 @@
-"""Benchmark the bit-packed CPU convolution and save the result as JSON and a bar chart.
+"""Benchmark the bit-packed CPU path and save the result as JSON and a bar chart.
 
-Runs :func:`adabin_np.bench.run` (ResNet-18 3x3 layers, batch 1 and 8, packed vs torch
-float32 vs the float64 path, popcount roofline; see that module for the definitions) and
-writes
+Runs :func:`adabin_np.bench.run` (ResNet-18 3x3 layers, batch 1 and 8, float32 in/out; packed
+with weights packed once, one-shot, torch float32 and the float64 oracle timed interleaved;
+stage breakdown, microkernel roofline, bandwidth bound; whole ResNet-18 row; see that package
+for the definitions) and writes
 
-* ``analysis/out/bench_packed.json`` -- the full result dict;
-* ``analysis/out/bench_packed.png``  -- per batch size, milliseconds per call (log scale) of
-  each implementation per layer, with the speedup of the packed kernel over torch float32
-  written above its bar.
+* ``analysis/results/bench_packed.json`` -- the full result dict;
+* ``analysis/results/bench_packed.png``  -- per batch size, median milliseconds per call (log
+  scale, whiskers min-max) of each contender per layer, speedup over torch above the packed
+  bar, and the bound as a black tick.
 
 Usage (all options of ``adabin-np bench`` are accepted)::
 
@@ -28,11 +29,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from adabin_np import bench  # noqa: E402
 
-OUT = Path(__file__).resolve().parent / "out"
+OUT = Path(__file__).resolve().parent / "results"
 
-SERIES = [("packed_s", "packed (1-bit, popcount)", "#1f77b4"),
-          ("torch_f32_s", "torch float32 conv2d", "#ff7f0e"),
-          ("float64_s", "adabin_conv2d (float64)", "#7f7f7f")]
+SERIES = [("packed", "packed (weights packed once)", "#1f77b4"),
+          ("oneshot", "packed one-shot (packs w)", "#9ecae1"),
+          ("torch_f32", "torch float32 conv2d", "#ff7f0e"),
+          ("float64", "adabin_conv2d (float64 oracle)", "#7f7f7f")]
 
 
 def plot(result, path):
@@ -46,22 +48,27 @@ def plot(result, path):
     for i, batch in enumerate(batches):
         ax = fig.add_subplot(1, len(batches), i + 1)
         rows = [r for r in result["rows"] if r["batch"] == batch]
-        series = [s for s in SERIES if any(s[0] in r for r in rows)]
+        series = [s for s in SERIES if any(s[0] in r["times"] for r in rows)]
         width = 0.8 / len(series)
         for k, (key, label, color) in enumerate(series):
             xs = [j + (k - (len(series) - 1) / 2) * width for j in range(len(rows))]
-            ms = [1e3 * r[key] if key in r else float("nan") for r in rows]
-            ax.bar(xs, ms, width, label=label, color=color)
-            if key == "packed_s":
+            st = [r["times"].get(key) for r in rows]
+            ms = [1e3 * t["median_s"] if t else float("nan") for t in st]
+            lo = [m - 1e3 * t["min_s"] if t else 0 for m, t in zip(ms, st)]
+            hi = [1e3 * t["max_s"] - m if t else 0 for m, t in zip(ms, st)]
+            ax.bar(xs, ms, width, label=label, color=color, yerr=[lo, hi], capsize=2,
+                   error_kw={"elinewidth": 0.6})
+            if key == "packed":
                 for x, m, r in zip(xs, ms, rows):
+                    ax.hlines(1e3 * r["bound_s"], x - width / 2, x + width / 2, color="k")
                     if "speedup_vs_torch" in r:
                         ax.annotate(f"{r['speedup_vs_torch']:.1f}x", (x, m), ha="center",
                                     va="bottom", fontsize=8, xytext=(0, 2),
                                     textcoords="offset points")
         ax.set_xticks(range(len(rows)), [r["layer"] for r in rows])
         ax.set_yscale("log")
-        ax.set_ylabel("ms per call (median)")
-        g = result["geomean_speedup_vs_torch"].get(str(batch))
+        ax.set_ylabel("ms per call (median, min-max)")
+        g = result["geomean"].get(str(batch), {}).get("speedup_vs_torch")
         title = f"batch {batch}"
         if g is not None:
             title += f"  (geo-mean {g:.1f}x over torch f32)"
@@ -70,9 +77,8 @@ def plot(result, path):
         ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.09), ncol=3,
                   frameon=False)
     m = result["machine"]
-    fig.suptitle(f"AdaBin 3x3 convs of ResNet-18, {m['threads']} thread(s), {m['cpu']}; "
-                 f"popcount roofline {result['roofline']['binary_ops_per_s'] / 1e9:.0f} Gop/s",
-                 fontsize=10)
+    fig.suptitle(f"AdaBin 3x3 convs of ResNet-18, float32, {m['threads']} thread(s), {m['cpu']} "
+                 f"({m['numba_target'][1]}, {m['tile']}); black tick: bound", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 

@@ -116,7 +116,7 @@ def _tile(variant, xa, offs, obase, wb, wbase, taps, wgm, q0, nq, xout, xbase):
 def bconv_forward(xa, h_, w_, out_h, wtb, variant, tp, wgm, g_w0, og, seg_w0, seg_w1, seg_da,
                   g_seg0, g_seg1, seg_n, brow, krow, pinv, r_lo, r_hi, c_lo, c_hi, alpha_w,
                   beta_w, row_cls, col_cls, kh, kw, sh, sw, ph, pw, dh, dw, rows_per_task,
-                  blocks_per_task, raw, raw_x, raw_a, res, mo_p, mo_q, y):
+                  blocks_per_task, raw, raw_x, raw_a, res, mo_p, mo_q, tiles_only, y):
     """Tiled popcount convolution with the fused rescale into ``y`` ``(N, O, OH*OW)``.
 
     ``xa`` ``(N*H*W + 1, CW)`` from :func:`~.pack.pack_activations` (last pixel zero),
@@ -134,6 +134,9 @@ def bconv_forward(xa, h_, w_, out_h, wtb, variant, tp, wgm, g_w0, og, seg_w0, se
     the shape of ``y`` it is added, and when ``mo_p`` has ``O`` entries the result ``v``
     becomes ``mo_p[o]*v`` (``v > 0``) or ``mo_q[o]*v`` (otherwise); pass empty dummies
     to skip either. Everything is computed in float64 and rounded once into ``y``.
+
+    ``tiles_only=True`` (benchmark stage split only) builds the offsets and runs the
+    microkernels but skips the activation-popcount pass and the epilogue (``y`` unwritten).
     """
     n_ = (xa.shape[0] - 1) // (h_ * w_)
     out_w = col_cls.shape[0]
@@ -191,7 +194,7 @@ def bconv_forward(xa, h_, w_, out_h, wtb, variant, tp, wgm, g_w0, og, seg_w0, se
         # activation terms per pixel (independent of the output block): qa = sum_s d_a (2A - N)
         qa = np.zeros(npx)
         atot = np.zeros(npx, dtype=np.int64)
-        for s in range(s0, s1):
+        for s in range(s0, s0 if tiles_only else s1):
             q0 = seg_w0[s] - qg
             nq = seg_w1[s] - seg_w0[s]
             da = seg_da[s]
@@ -233,6 +236,8 @@ def bconv_forward(xa, h_, w_, out_h, wtb, variant, tp, wgm, g_w0, og, seg_w0, se
                 for it in range(n_tiles):
                     _tile(variant, xa_flat, offs, it * taps * tp, wtb_flat, wbase, taps, wgm,
                           q0, nq, xbuf, it * tp * jb)
+                if tiles_only:
+                    continue
                 if multi:
                     da = seg_da[s]
                     for pix in range(npx):
@@ -245,6 +250,8 @@ def bconv_forward(xa, h_, w_, out_h, wtb, variant, tp, wgm, g_w0, og, seg_w0, se
                                 xtot[pix, jj] += xp
                             else:
                                 facc[pix, jj] += da * np.int32(nv - 2 * xp)
+            if tiles_only:
+                continue
             if raw:
                 for jj in range(nj):
                     for pix in range(npx):

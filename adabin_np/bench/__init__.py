@@ -1,0 +1,305 @@
+r"""``adabin-np bench``: the bit-packed CPU path against torch float32 and the float64 oracle.
+
+Layers: the 3x3, stride-1, padding-1 convolutions of the four ResNet-18 stages (``64ch 56x56``,
+``128ch 28x28``, ``256ch 14x14``, ``512ch 7x7``, C_in = C_out), batch 1 and 8, **float32 NCHW
+in, float32 NCHW out**, on ``--threads`` threads for every contender (``numba.set_num_threads``,
+``torch.set_num_threads``). Contenders, timed **interleaved** round-robin after ``--warmup``
+untimed rounds (so load from other processes hits all alike), min / median / max reported:
+
+* ``packed``: :func:`adabin_np.packed_adabin_conv2d_prepacked` with weights packed once
+  (everything else per call: validation, binarize + pack, popcount kernel, rescale);
+* ``oneshot``: :func:`adabin_np.packed_adabin_conv2d` with the raw float32 weights (what a
+  user's test calls: includes :func:`~adabin_np.pack_weights`);
+* ``torch_f32``: ``torch.nn.functional.conv2d`` under ``no_grad`` (skipped without torch);
+* ``float64``: :func:`adabin_np.adabin_conv2d`, the oracle (first ``--float-repeats`` rounds).
+
+Per layer also: the **stage breakdown** of one packed call (layout lookup, binarize+pack,
+tables, popcount microkernels, epilogue = kernel - microkernels, Python rest), the
+**roofline** (:mod:`.roofline`: the same microkernel on L1-resident data, best of several
+runs, a true upper bound), the popcount stage's fraction of it, and the **bound** =
+``max(popcounts at the roofline, float32 I/O at the measured bandwidth)`` with the packed
+call's fraction of it and the speedup over torch it would give. Then the **whole ResNet-18**
+row (:mod:`.model`): ``model(x, packed=True)`` in float32 against the same network in torch
+float32, batch 8 (``--model-batch``). Binary ops: ``2*N*O*OH*OW*C*kh*kw`` per conv.
+
+``adabin-np bench --float ...`` runs the float64-path benchmark of :mod:`adabin_np.bench_float`
+instead (its own options). Numbers are only as good as the machine is quiet.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import time
+
+import numpy as np
+
+from .roofline import bandwidth, layer_bound, popcount_roofline
+from .timing import cpu_name, interleaved, isa, stats
+
+__all__ = ["LAYERS", "add_arguments", "run", "format_table"]
+
+#: (channels, spatial size) of the ResNet-18 3x3 stage convolutions
+LAYERS = [(64, 56), (128, 28), (256, 14), (512, 7)]
+
+
+def add_arguments(parser):
+    """Add the benchmark's options to an ``argparse`` parser (used by ``adabin-np bench``)."""
+    parser.add_argument("--batch", type=int, nargs="+", default=[1, 8],
+                        help="batch sizes (default: 1 8)")
+    parser.add_argument("--threads", type=int, default=2,
+                        help="numba and torch threads (default: 2)")
+    parser.add_argument("--layers", type=int, nargs="+", default=None, metavar="C",
+                        help="subset of layers by channel count (default: 64 128 256 512)")
+    parser.add_argument("--repeats", type=int, default=15, help="timed rounds (default: 15)")
+    parser.add_argument("--warmup", type=int, default=3, help="untimed rounds (default: 3)")
+    parser.add_argument("--float-repeats", type=int, default=2,
+                        help="rounds that include the float64 path (default: 2; 0 skips it)")
+    parser.add_argument("--model-batch", type=int, default=8,
+                        help="batch of the whole-ResNet-18 row (default: 8; 0 skips it)")
+    parser.add_argument("--model-repeats", type=int, default=5,
+                        help="timed rounds of the whole-model row (default: 5)")
+    parser.add_argument("--no-torch", action="store_true", help="skip torch even if installed")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--json", default=None, metavar="PATH",
+                        help="also write the result dict as JSON")
+    parser.add_argument("--quiet", action="store_true", help="do not print the table")
+    return parser
+
+
+def _namespace(args):
+    if isinstance(args, argparse.Namespace):
+        return args
+    parser = add_arguments(argparse.ArgumentParser(prog="adabin-np bench"))
+    return parser.parse_args([] if args is None else list(args))
+
+
+def _torch(threads):
+    try:
+        import torch
+    except ImportError:
+        return None
+    torch.set_num_threads(threads)
+    return torch
+
+
+def _geomean(vals):
+    vals = [v for v in vals if v and v > 0]
+    return math.exp(sum(map(math.log, vals)) / len(vals)) if vals else None
+
+
+def _stage_breakdown(x, pw, alpha, beta, repeats):
+    """Median seconds per stage of one packed call (see the module docstring)."""
+    from .. import packed as P
+    from ..validation import activation_params, conv_params
+
+    acc = {}
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        xv = P._as_kernel_input(x, "x", 4)
+        p = conv_params(xv.shape, pw.shape, 1, 1, 1, 1)
+        a_c, b_c, _ = activation_params(alpha, beta, xv.shape[1])
+        t1 = time.perf_counter()
+        st = {}
+        P._run_cpu(xv, pw, a_c, b_c, p, False, stages=st)
+        st["validation"] = t1 - t0
+        for k, v in st.items():
+            acc.setdefault(k, []).append(v)
+    med = {k: float(np.median(v)) for k, v in acc.items()}
+    return {"validation_s": med["validation"], "layout_s": med["layout"],
+            "binarize_pack_s": med["pack"], "tables_s": med["tables"],
+            "popcount_s": med["tiles"], "epilogue_s": max(0.0, med["kernel"] - med["tiles"])}
+
+
+def _layers(a, threads, torch, rng, bw):
+    from .. import packed as P
+    from ..conv import adabin_conv2d
+
+    alpha, beta = 0.8, 0.05
+    rows = []
+    roofs = {}
+    layers = [lay for lay in LAYERS if a.layers is None or lay[0] in a.layers]
+    for batch in a.batch:
+        for c, hw in layers:
+            x = rng.standard_normal((batch, c, hw, hw)).astype(np.float32)
+            w = rng.standard_normal((c, c, 3, 3)).astype(np.float32)
+            pw = P.pack_weights(w)
+            fns = {"packed": lambda: P.packed_adabin_conv2d_prepacked(x, pw, alpha, beta,
+                                                                       padding=1),
+                   "oneshot": lambda: P.packed_adabin_conv2d(x, w, alpha, beta, padding=1),
+                   "pack_weights": lambda: P.pack_weights(w)}
+            sparse = {}
+            if torch is not None:
+                xt, wt = torch.from_numpy(x), torch.from_numpy(w)
+
+                def tconv(xt=xt, wt=wt):
+                    with torch.no_grad():
+                        return torch.nn.functional.conv2d(xt, wt, padding=1)
+                fns["torch_f32"] = tconv
+            if a.float_repeats:
+                x64, w64 = x.astype(np.float64), w.astype(np.float64)
+                fns["float64"] = lambda: adabin_conv2d(x64, w64, alpha, beta, padding=1)
+                sparse["float64"] = a.float_repeats
+            y_p = fns["packed"]()
+            t = interleaved(fns, a.warmup, a.repeats, sparse=sparse)
+            word_ops = batch * c * hw * hw * 9 * (-(-c // 64))  # N*O*OH*OW*taps*words
+            binops = 2.0 * batch * c * hw * hw * c * 9
+            key = (9, -(-c // 64))
+            if key not in roofs:
+                roofs[key] = popcount_roofline(threads, *key)
+            roof = roofs[key]
+            io = x.nbytes + y_p.nbytes
+            bound = layer_bound(word_ops, io, roof, bw)
+            st = _stage_breakdown(x, pw, alpha, beta, max(3, a.repeats // 3))
+            roof = roofs[key] = max(roof, popcount_roofline(threads, *key))  # best of both
+            med = t["packed"]["median_s"]
+            row = {"layer": f"{c}ch {hw}x{hw}", "channels": c, "size": hw, "batch": batch,
+                   "binary_ops": binops, "word_ops": word_ops, "io_bytes": io,
+                   "times": t, "stages": st,
+                   "roofline_word_ops_per_s": roof,
+                   "popcount_fraction_of_roofline": word_ops / st["popcount_s"] / roof,
+                   "bound_s": bound, "fraction_of_bound": bound / med,
+                   "packed_binary_ops_per_s": binops / med,
+                   "output_dtype": str(y_p.dtype)}
+            if "torch_f32" in t:
+                tm = t["torch_f32"]["median_s"]
+                row.update(speedup_vs_torch=tm / med,
+                           oneshot_speedup_vs_torch=tm / t["oneshot"]["median_s"],
+                           speedup_bound=tm / bound)
+            if "float64" in t:
+                row["speedup_vs_float64"] = t["float64"]["median_s"] / med
+            rows.append(row)
+    return rows
+
+
+def _model_row(a, torch):
+    from .model import build, torch_network
+
+    m = build(a.seed)
+    x = np.random.default_rng(a.seed + 1).standard_normal(
+        (a.model_batch, 3, 224, 224)).astype(np.float32)
+    fns = {"packed": lambda: m(x, packed=True)}
+    logits = fns["packed"]()
+    row = {"network": "AdaBin ResNet-18 224x224", "batch": a.model_batch,
+           "dtype": str(logits.dtype)}
+    if torch is not None:
+        net = torch_network(m, torch)
+        xt = torch.from_numpy(x)
+
+        def tnet():
+            with torch.no_grad():
+                return net(xt)
+        fns["torch_f32"] = tnet
+        ref = tnet().numpy()
+        row["prediction_agreement"] = float(np.mean(ref.argmax(1) == logits.argmax(1)))
+        row["max_abs_logit_diff"] = float(np.abs(ref - logits).max())
+    t = interleaved(fns, 1, a.model_repeats)
+    row["times"] = t
+    if "torch_f32" in t:
+        row["speedup_vs_torch"] = t["torch_f32"]["median_s"] / t["packed"]["median_s"]
+    return row
+
+
+def run(args=None):
+    """Run the benchmark; ``args`` is an ``argparse.Namespace`` from :func:`add_arguments`,
+    a list of command-line strings, or ``None`` for the defaults. Returns a JSON-ready dict
+    (also printed as a table unless ``--quiet``, and written to ``--json`` if given)."""
+    if isinstance(args, (list, tuple)) and args and args[0] == "--float":
+        from .. import bench_float
+
+        res = bench_float.run(list(args[1:]))
+        print(bench_float.format_table(res))
+        return res
+    import numba
+
+    a = _namespace(args)
+    if a.threads < 1 or a.repeats < 1 or a.warmup < 0 or a.float_repeats < 0:
+        raise ValueError("threads and repeats must be >= 1, warmup and float-repeats >= 0")
+    numba.set_num_threads(min(a.threads, numba.config.NUMBA_NUM_THREADS))
+    threads = numba.get_num_threads()
+    torch = None if a.no_torch else _torch(threads)
+    rng = np.random.default_rng(a.seed)
+    bw = bandwidth()
+    result = {
+        "machine": {"cpu": cpu_name(), "cpu_count": os.cpu_count(), "threads": threads,
+                    **isa(), "numba": numba.__version__, "numpy": np.__version__,
+                    "torch": None if torch is None else torch.__version__,
+                    "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg")
+                    else None},
+        "settings": {"repeats": a.repeats, "warmup": a.warmup, "float_repeats": a.float_repeats,
+                     "batches": list(a.batch), "dtype": "float32 in, float32 out",
+                     "timing": "interleaved round-robin; min/median/max wall-clock per call"},
+        "bandwidth_bytes_per_s": bw,
+        "rows": _layers(a, threads, torch, rng, bw),
+    }
+    for batch in a.batch:
+        rs = [r for r in result["rows"] if r["batch"] == batch]
+        result.setdefault("geomean", {})[str(batch)] = {
+            "speedup_vs_torch": _geomean([r.get("speedup_vs_torch") for r in rs]),
+            "oneshot_speedup_vs_torch": _geomean([r.get("oneshot_speedup_vs_torch")
+                                                  for r in rs]),
+            "fraction_of_bound": _geomean([r["fraction_of_bound"] for r in rs]),
+            "popcount_fraction_of_roofline": _geomean([r["popcount_fraction_of_roofline"]
+                                                       for r in rs])}
+    if a.model_batch:
+        result["model"] = _model_row(a, torch)
+    result["load_average_after"] = list(os.getloadavg()) if hasattr(os, "getloadavg") else None
+    if not a.quiet:
+        print(format_table(result))
+    if a.json:
+        import json
+
+        with open(a.json, "w") as fh:
+            json.dump(result, fh, indent=2)
+    return result
+
+
+def _ms(st):
+    return f"{1e3 * st['median_s']:.2f} ({1e3 * st['min_s']:.2f}-{1e3 * st['max_s']:.2f})"
+
+
+def format_table(result):
+    """The benchmark result as plain text (median (min-max) milliseconds)."""
+    m = result["machine"]
+    lines = [f"packed AdaBin conv, float32 in/out: {m['cpu']} ({m['cpu_flags']}); numba target "
+             f"{m['numba_target'][0]}/{m['numba_target'][1]}, tile {m['tile']}; "
+             f"{m['threads']} thread(s); torch {m['torch']}; load {m.get('load_average')}",
+             f"bandwidth {result['bandwidth_bytes_per_s'] / 1e9:.1f} GB/s (copy, read+write)"]
+    head = (f"{'layer':>13} {'N':>2} {'packed ms':>22} {'torch32 ms':>22} {'x torch':>7} "
+            f"{'one-shot ms':>22} {'x':>5} {'pop%roof':>8} {'%bound':>6} {'x@bound':>7} "
+            f"{'float64 ms':>10}")
+    lines += [head, "-" * len(head)]
+    for r in result["rows"]:
+        t = r["times"]
+        tor = _ms(t["torch_f32"]) if "torch_f32" in t else "-"
+        lines.append(
+            f"{r['layer']:>13} {r['batch']:>2} {_ms(t['packed']):>22} {tor:>22} "
+            f"{r.get('speedup_vs_torch', float('nan')):7.1f} {_ms(t['oneshot']):>22} "
+            f"{r.get('oneshot_speedup_vs_torch', float('nan')):5.1f} "
+            f"{100 * r['popcount_fraction_of_roofline']:7.0f}% "
+            f"{100 * r['fraction_of_bound']:5.0f}% {r.get('speedup_bound', float('nan')):7.1f} "
+            + (f"{1e3 * t['float64']['median_s']:10.1f}" if "float64" in t else f"{'-':>10}"))
+    lines.append("stages (median ms): validation / layout / binarize+pack / tables / popcount / "
+                 "epilogue")
+    for r in result["rows"]:
+        s = r["stages"]
+        lines.append(f"{r['layer']:>13} {r['batch']:>2}  " + " / ".join(
+            f"{1e3 * s[k]:.3f}" for k in ("validation_s", "layout_s", "binarize_pack_s",
+                                         "tables_s", "popcount_s", "epilogue_s")))
+    for b, g in result.get("geomean", {}).items():
+        lines.append(f"batch {b} geomean: x torch {g['speedup_vs_torch'] or float('nan'):.2f}, "
+                     f"one-shot x torch {g['oneshot_speedup_vs_torch'] or float('nan'):.2f}, "
+                     f"{100 * g['fraction_of_bound']:.0f}% of bound, popcount "
+                     f"{100 * g['popcount_fraction_of_roofline']:.0f}% of roofline")
+    mo = result.get("model")
+    if mo:
+        t = mo["times"]
+        lines.append(f"{mo['network']} batch {mo['batch']} ({mo['dtype']}): packed "
+                     f"{_ms(t['packed'])} ms" + (
+                         f", torch f32 {_ms(t['torch_f32'])} ms, x torch "
+                         f"{mo['speedup_vs_torch']:.2f}, predictions agree "
+                         f"{100 * mo['prediction_agreement']:.0f}%" if "torch_f32" in t else ""))
+    lines.append("pop%roof: popcount stage vs the microkernel roofline; %bound: bound / packed "
+                 "time; x@bound: speedup over torch at the bound")
+    return "\n".join(lines)

@@ -1,0 +1,66 @@
+"""Machine description and interleaved timing for the benchmarks."""
+
+from __future__ import annotations
+
+import platform
+import statistics
+import time
+
+__all__ = ["cpu_name", "isa", "interleaved", "stats"]
+
+
+def cpu_name():
+    """The CPU model string (``/proc/cpuinfo``; ``platform`` elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def isa():
+    """``{"cpu_flags": ..., "numba_target": (name, isa), "tile": name}``: what the CPU offers
+    and what Numba compiles the packed kernels for."""
+    from ..kernels_packed import TILES, select_tile, target_cpu
+
+    flags = ""
+    try:
+        with open("/proc/cpuinfo") as fh:
+            for line in fh:
+                if line.startswith("flags"):
+                    fl = line.split(":", 1)[1].split()
+                    flags = " ".join(sorted(f for f in fl if f.startswith("avx") or f == "popcnt"))
+                    break
+    except OSError:
+        pass
+    return {"cpu_flags": flags, "numba_target": list(target_cpu()),
+            "tile": TILES[select_tile()[0]][0]}
+
+
+def stats(times):
+    """``{"min_s", "median_s", "max_s"}`` of per-call seconds."""
+    return {"min_s": min(times), "median_s": statistics.median(times), "max_s": max(times)}
+
+
+def interleaved(fns, warmup, repeats, *, sparse=None):
+    """Round-robin timing of ``fns`` (a dict name -> callable): ``warmup`` untimed rounds,
+    then ``repeats`` timed rounds, so that load from other processes hits every contender
+    alike. ``sparse`` = {name: k}: that one runs only in the first ``k`` rounds (slow ones).
+    Returns {name: stats}."""
+    sparse = sparse or {}
+    for _ in range(warmup):
+        for name, fn in fns.items():
+            if sparse.get(name, 1) > 0:
+                fn()
+    times = {name: [] for name in fns}
+    for r in range(repeats):
+        for name, fn in fns.items():
+            if r >= sparse.get(name, repeats):
+                continue
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {name: stats(t) for name, t in times.items() if t}
