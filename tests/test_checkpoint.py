@@ -252,6 +252,16 @@ def test_npz_refuses_pickled_and_odd_members(tmp_path):
         load_checkpoint(tmp_path / "odd.npz")
 
 
+def test_npz_bool_bytes_are_normalised(tmp_path):
+    npy = io.BytesIO()
+    np.save(npy, np.array([0, 1, 7, 255], np.uint8))
+    with zipfile.ZipFile(tmp_path / "b.npz", "w") as zf:  # the same bytes, as a bool array
+        zf.writestr("m.npy", npy.getvalue().replace(b"'|u1'", b"'|b1'"))
+    got = load_checkpoint(tmp_path / "b.npz")["m"]
+    assert got.dtype == np.bool_
+    np.testing.assert_array_equal(got.view(np.uint8), [0, 1, 1, 1])
+
+
 def test_save_npz_validation(tmp_path):
     with pytest.raises(TypeError, match="path"):
         save_npz(1.5, {"a": np.ones(1)})

@@ -3,7 +3,8 @@
 Every member must be ``<key>.npy`` holding a numeric (bool, integer, float, complex) array;
 object, string and structured dtypes -- which would need pickle -- are refused. Read with the
 semantics of ``np.load(path, allow_pickle=False)``: versions 1.0 and 2.0, C or Fortran order,
-either byte order (returned native, C-contiguous). Each member is charged to the byte budget
+either byte order (returned native, C-contiguous); bool bytes other than 0/1 are normalised
+to True. Each member is charged to the byte budget
 (its decompressed bytes, then the returned array) before it is allocated.
 """
 from __future__ import annotations
@@ -84,8 +85,10 @@ def load(zf: zipfile.ZipFile, limits: Limits, budget: ByteBudget) -> dict[str, n
                                   f"bytes, its header says {nbytes}")
         budget.take(nbytes, f"npz member {name!r:.80}")
         flat = np.frombuffer(raw, dtype=dtype, count=math.prod(shape), offset=start)
+        if dtype.kind == "b":  # normalise: a bool byte other than 0/1 is True, as for torch
+            flat = flat.view(np.uint8) != 0
         arr = flat.reshape(shape, order="F" if fortran else "C")
-        arrays[name[:-4]] = np.array(arr, dtype=dtype.newbyteorder("="), order="C")
+        arrays[name[:-4]] = np.array(arr, dtype=flat.dtype.newbyteorder("="), order="C")
         del raw, flat, arr
     return dict(strip_prefix(arrays.items()))
 
