@@ -24,8 +24,8 @@ canvas (no pyplot, no global backend switch, nothing is shown) and writes a PNG 
   3. *weight set per output channel*: the segment :math:`[\beta_w - \alpha_w,\ \beta_w +
      \alpha_w]` of every output channel with its threshold :math:`\beta_w`.
   4. *activations per input channel*: mean :math:`\pm` std of every channel of ``x``, the
-     threshold and levels of the activation set, and the share of the channel mapped to
-     ``b2`` (right axis).
+     threshold and levels of the activation set, the share of the channel mapped to ``b2``
+     (right axis) and, at the top, the channels holding elements at flip risk.
 
   The flip-risk band :math:`|v| \le tol` (resp. :math:`|u| \le tol`) is drawn on top of the
   histograms, at least :data:`MIN_BAND_FRACTION` of the axis wide so it stays visible; the
@@ -367,8 +367,16 @@ def _act_channels_panel(ax, layer):
             ax.axhline(lev, color=SET_COLORS["layer"], lw=1.0, ls=":", zorder=4)
     else:
         ax.plot(c, thr, ls="", marker="_", ms=8, mew=1.6, color=SET_COLORS["layer"], zorder=4)
-    _channel_axis(ax, mean.size)
+    risk = per.get("act_flip_risk")
     head = "activations per input channel"
+    if risk is not None:
+        risky = np.flatnonzero(_arr(risk) > 0)
+        if risky.size:
+            ax.plot(risky, np.full(risky.size, 0.97), ls="", marker="v", ms=6,
+                    color=_BAND_COLOR, transform=ax.get_xaxis_transform(), zorder=5,
+                    clip_on=False)
+        head += f" (▼ {risky.size} at flip risk)"
+    _channel_axis(ax, mean.size)
     ax.set_title(head, loc="left")
     ax.set_xlabel("input channel: mean ± std; red: β_a, dotted: b1, b2", labelpad=1)
     ax.grid(True, axis="y", color="#eeeeee", lw=0.6)

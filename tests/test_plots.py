@@ -84,6 +84,8 @@ def test_per_channel_panels_from_summary_or_weights(layers):
     fig = plots.layers_figure([la])
     titles = " ".join(t.get_text() for t in _texts(fig))
     assert "weight set per output channel" in titles and "activations per input channel" in titles
+    risky = int(np.sum(np.array(la["per_channel"]["act_flip_risk"]) > 0))
+    assert f"▼ {risky} at flip risk" in titles
     # without the per_channel entry the panels are computed from the weight/activation entries
     la.pop("per_channel")
     fig2 = plots.layers_figure([la])
