@@ -130,6 +130,16 @@ def _pow2_factors(k):
     return math.ldexp(1.0, np.int32(k)), 1.0
 
 
+@njit(cache=True, fastmath={"nnan", "ninf", "nsz"}, error_model="numpy")
+def _max_abs_dev(row, m):
+    """``max |row - m|`` (any summation order gives the same maximum, so it may vectorise;
+    finite inputs)."""
+    best = 0.0
+    for j in range(row.shape[0]):
+        best = max(best, abs(row[j] - m))
+    return best
+
+
 @njit(cache=True, parallel=True, error_model="numpy")
 def weight_pack(w2, cg, taps, n_words):
     """Weight binary set and packed signs of ``w2`` ``(O, Cg*taps)``, one row block at a time.
@@ -137,14 +147,18 @@ def weight_pack(w2, cg, taps, n_words):
     Mirrors :func:`adabin_np.binarize.weight_binary_set` bit for bit: each row is scaled by the
     power of two ``2**-e`` that brings its largest magnitude into ``[0.5, 1)``
     (:func:`~adabin_np.binarize.pow2_row_scale`; exact), the set of the scaled row is computed
-    with the operations of :func:`adabin_np.kernels_cpu.weight_stats` in the same order (sum,
-    max ``|W - m|``, scaled sum of squares; four rows interleaved for instruction-level
-    parallelism, which changes no row's arithmetic) and scaled back by ``2**e``. Bits:
-    ``u = (W_s - beta_s)/alpha_s >= 0`` as :func:`~adabin_np.kernels_cpu.weight_forward` on the
-    scaled rows (``alpha == 0``: all ones), packed as ``words[o, t, q]`` (bit ``b`` = input
+    with the operations of :func:`adabin_np.kernels_cpu.weight_stats` in the same order: the
+    sum and the sum of squares ``((W - m)/max|W - m|)**2`` are the same sequential float64
+    sums (four rows interleaved for instruction-level parallelism, the element-wise quotients
+    and squares computed vectorised beforehand: neither changes any rounding), the maxima are
+    order-independent; then scaled back by ``2**e``. Bits: ``u = (W_s - beta_s)/alpha_s >= 0``
+    as :func:`~adabin_np.kernels_cpu.weight_forward` on the scaled rows; since
+    ``0 < alpha_s < 2`` on a scaled row, a non-zero difference never divides to zero and the
+    sign of ``u`` is that of ``W_s - beta_s`` (``u == 0`` iff ``W_s == beta_s``), so no division
+    is needed (``alpha == 0``: all ones). Packed as ``words[o, t, q]`` (bit ``b`` = input
     channel ``64*q + b`` at tap ``t``; tail bits 0). Returns ``(alpha, beta, words, ties)``;
     ``ties`` counts ``u == 0`` in non-constant rows. ``w2`` float32 or float64 (promoted
-    exactly per element). The caller has checked that ``w2`` is finite.
+    exactly per element). The caller checks the result for non-finite values (NaN input).
     """
     o_, n_ = w2.shape
     alpha = np.empty(o_)
@@ -157,78 +171,56 @@ def weight_pack(w2, cg, taps, n_words):
         o0 = blk * R
         nr = min(R, o_ - o0)
         ws = np.zeros((R, n_))
+        sq = np.zeros((R, n_))
         ex = np.zeros(R, dtype=np.int64)
         for r in range(nr):
             peak = 0.0
             for j in range(n_):
-                peak = max(peak, abs(np.float64(w2[o0 + r, j])))
+                v = abs(np.float64(w2[o0 + r, j]))
+                peak = v if v > peak else peak
             e = math.frexp(peak)[1]
             ex[r] = e
             f1, f2 = _pow2_factors(-e)
             for j in range(n_):
                 ws[r, j] = (np.float64(w2[o0 + r, j]) * f1) * f2
-        for r in range(nr, R):  # padding rows of a short block: constant, ignored
-            ws[r, 0] = 0.0
         s0 = 0.0
         s1 = 0.0
         s2 = 0.0
         s3 = 0.0
-        f0 = ws[0, 0]
-        f1 = ws[1, 0]
-        f2 = ws[2, 0]
-        f3 = ws[3, 0]
-        k0 = True
-        k1 = True
-        k2 = True
-        k3 = True
         for j in range(n_):
-            v0 = ws[0, j]
-            v1 = ws[1, j]
-            v2 = ws[2, j]
-            v3 = ws[3, j]
-            s0 += v0
-            s1 += v1
-            s2 += v2
-            s3 += v3
-            k0 &= v0 == f0
-            k1 &= v1 == f1
-            k2 &= v2 == f2
-            k3 &= v3 == f3
+            s0 += ws[0, j]
+            s1 += ws[1, j]
+            s2 += ws[2, j]
+            s3 += ws[3, j]
         m = np.array([s0 / n_, s1 / n_, s2 / n_, s3 / n_])
-        consts = (k0, k1, k2, k3)
+        const = np.zeros(R, dtype=np.bool_)
         sc = np.zeros(R)
         for r in range(R):
-            mr = m[r]
-            scale = 0.0
+            diff = 0
+            f = ws[r, 0]
             for j in range(n_):
-                scale = max(scale, abs(ws[r, j] - mr))
-            sc[r] = scale
+                diff += ws[r, j] != f
+            const[r] = diff == 0
+            sc[r] = _max_abs_dev(ws[r], m[r])
+            mr = m[r]
+            cr = sc[r] if sc[r] > 0.0 else 1.0
+            for j in range(n_):
+                d = (ws[r, j] - mr) / cr
+                sq[r, j] = d * d
         q0 = 0.0
         q1 = 0.0
         q2 = 0.0
         q3 = 0.0
-        m0 = m[0]
-        m1 = m[1]
-        m2 = m[2]
-        m3 = m[3]
-        c0 = sc[0] if sc[0] > 0.0 else 1.0
-        c1 = sc[1] if sc[1] > 0.0 else 1.0
-        c2 = sc[2] if sc[2] > 0.0 else 1.0
-        c3 = sc[3] if sc[3] > 0.0 else 1.0
         for j in range(n_):
-            d0 = (ws[0, j] - m0) / c0
-            d1 = (ws[1, j] - m1) / c1
-            d2 = (ws[2, j] - m2) / c2
-            d3 = (ws[3, j] - m3) / c3
-            q0 += d0 * d0
-            q1 += d1 * d1
-            q2 += d2 * d2
-            q3 += d3 * d3
+            q0 += sq[0, j]
+            q1 += sq[1, j]
+            q2 += sq[2, j]
+            q3 += sq[3, j]
         sss = (q0, q1, q2, q3)
         t_count = 0
         for r in range(nr):
             o = o0 + r
-            if consts[r]:
+            if const[r]:
                 a_s = 0.0
                 b_s = ws[r, 0]
             else:
@@ -247,9 +239,9 @@ def weight_pack(w2, cg, taps, n_words):
                     for q in range(n_words):
                         word = _U64_ZERO
                         for b in range(min(64, cg - q * 64)):
-                            u = (ws[r, (q * 64 + b) * taps + t] - b_s) / a_s
-                            word |= (_U64_ONE << np.uint64(b)) if u >= 0.0 else _U64_ZERO
-                            t_count += 1 if u == 0.0 else 0
+                            wv = ws[r, (q * 64 + b) * taps + t]
+                            word |= (_U64_ONE << np.uint64(b)) if wv >= b_s else _U64_ZERO
+                            t_count += 1 if wv == b_s else 0
                         words[o, t, q] = word
         ties[blk] = t_count
     return alpha, beta, words, ties.sum()

@@ -12,6 +12,7 @@ matters for speed. ``ADABIN_NP_TILE=avx512|avx2`` overrides it (tests run both).
 
 from __future__ import annotations
 
+import functools
 import os
 
 import llvmlite.binding as ll
@@ -25,8 +26,14 @@ __all__ = ["target_cpu", "select_tile"]
 def target_cpu():
     """``(cpu_name, isa)`` Numba compiles for; ``isa`` is ``"avx512-vpopcntdq"``, ``"avx2"``
     or ``"x86-64"``."""
-    name = config.CPU_NAME or ll.get_host_cpu_name()
-    feats = config.CPU_FEATURES
+    return _target_cpu(config.CPU_NAME, config.CPU_FEATURES)
+
+
+@functools.lru_cache(maxsize=8)
+def _target_cpu(cpu_name, cpu_features):
+    # asking LLVM for the host features costs ~0.3 ms: once per (name, features) setting
+    name = cpu_name or ll.get_host_cpu_name()
+    feats = cpu_features
     if feats is None:
         feats = ll.get_host_cpu_features().flatten()
     fs = set(feats.split(","))
