@@ -119,9 +119,20 @@ def test_avx2_only_cpu_path_in_a_subprocess():
             y = P.packed_adabin_conv2d(x, w, a, b, padding=1)
             yf = ab.adabin_conv2d(x, w, a, b, padding=1)
             assert np.allclose(y, yf, rtol=1e-9, atol=1e-9 * np.abs(yf).max()), "mismatch"
-        asm = "".join(KP.bconv_forward.inspect_asm().values())
+        # both microkernels, compiled fresh (uncached) for this target: no AVX-512 in them
+        from numba import njit
+        from adabin_np.kernels_packed import microkernel as MK
+
+        @njit
+        def both(xa, offs, wb, xout):
+            MK.tile_6x32_avx512(xa, offs, 0, wb, 0, 9, 2, 0, 2, xout, 0)
+            MK.tile_4x8_avx2(xa, offs, 0, wb, 0, 9, 2, 0, 2, xout, 0)
+
+        u8, i8 = np.zeros(4096, np.uint64), np.zeros(4096, np.int64)
+        both(u8, i8, u8, i8)
+        asm = "".join(both.inspect_asm().values())
         assert "zmm" not in asm and "vpopcntq" not in asm, "AVX-512 code for an AVX2 CPU"
-        assert "vpshufb" in asm, "no vector popcount"
+        assert "vpshufb" in asm and "ymm" in asm, "no AVX2 vector popcount"
         print("AVX2-OK")
     """)
     env = dict(os.environ, NUMBA_CPU_NAME="haswell", NUMBA_CPU_FEATURES=_AVX2_FEATURES)
