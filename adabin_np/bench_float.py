@@ -89,6 +89,14 @@ def _cpu_flags():
     return ""
 
 
+def _loadavg():
+    """1-minute load average (a shared machine's other load shows up here), or None."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
 def _stats(times):
     return {"min_s": min(times), "median_s": statistics.median(times), "max_s": max(times)}
 
@@ -203,6 +211,7 @@ def run(args=None):
         "rows": [],
         "caveat": "wall-clock on a possibly shared machine; ratios are measured side by side",
     }
+    result["machine"]["loadavg_before"] = _loadavg()
     rng = np.random.default_rng(a.seed)
     try:
         for shape in shapes:
@@ -230,6 +239,7 @@ def run(args=None):
     finally:
         if blas_limit is not None:
             blas_limit.unregister()
+    result["machine"]["loadavg_after"] = _loadavg()
     if torch is not None and result["rows"]:
         def geo(key):
             vals = [r[key] for r in result["rows"]]
@@ -261,7 +271,9 @@ def format_table(result):
     m = result["machine"]
     lines = [f"float64 path, {m['threads']} threads, {m['cpu']} ({m['isa']}); numba "
              f"{m['numba']}, numpy {m['numpy']}, torch {m['torch']}",
-             "ms per call, median (min-max) of interleaved rounds",
+             f"ms per call, median (min-max) of interleaved rounds; 1-min load average "
+             f"{m.get('loadavg_before')} before, {m.get('loadavg_after')} after "
+             f"({m['cpu_count']} CPUs)",
              "",
              "| x shape, w (C, C, 3, 3), pad 1 | `adabin_conv2d` | torch f64 fwd | fwd speedup "
              "| `adabin_conv2d_grad` | torch f64 fwd+bwd | grad time ratio |",

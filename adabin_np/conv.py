@@ -5,6 +5,19 @@ r"""AdaBin convolution: float path, explicit backward.
 NCHW activations, OIHW weights, no bias, with ``stride``, ``padding``, ``dilation`` and
 ``groups`` as in ``torch.nn.functional.conv2d``. Padding is a real zero inserted **after**
 binarization: a padded tap contributes 0, not ``b1``/``b2``, and receives no gradient.
+
+How it is computed (kernels in :mod:`adabin_np.kernels_float`; issue 15):
+
+* forward (:func:`adabin_conv2d`): exact integer counts of the level pairs
+  (activation level x weight level) over the valid taps of every output, from a GEMM of
+  {-1, 0, +1} sign matrices (exact in float32 BLAS for ``K < 2**24``), times the level
+  products of the elementwise path. Independent of summation order and thread count; within
+  ``(K + T) u sum|x_b w_b|`` of the elementwise sum (``T = 9 * segments``, ``u = 2**-53``).
+* backward (:func:`adabin_conv2d_grad`, the layers' ``_conv_backward``): im2col / col2im and a
+  register-blocked float64 GEMM whose every output is summed in one fixed order, so results
+  are bit-for-bit identical for any ``NUMBA_NUM_THREADS``.
+* :func:`conv2d` (the real-valued stem) keeps the direct fixed-order kernel of
+  :mod:`adabin_np.kernels_cpu`.
 """
 
 from __future__ import annotations
@@ -65,6 +78,30 @@ def _threads_for(macs):
         yield
     finally:
         numba.set_num_threads(prev)
+
+
+_BLAS_CONTROLLER = None
+
+
+def _blas_one_thread():
+    """Context: NumPy's BLAS on one thread (the forward's exact-integer GEMMs).
+
+    The GEMMs are exact, so the thread count cannot change a result; one BLAS thread keeps
+    OpenBLAS's spinning workers from competing with the Numba kernels that follow (on a
+    2-core machine they halved the speed of the next kernel). Needs ``threadpoolctl`` (a
+    scikit-learn dependency); without it the BLAS keeps its own setting.
+    """
+    global _BLAS_CONTROLLER
+    if _BLAS_CONTROLLER is None:
+        try:
+            import threadpoolctl
+
+            _BLAS_CONTROLLER = threadpoolctl.ThreadpoolController()
+        except Exception:  # pragma: no cover - threadpoolctl missing or broken
+            _BLAS_CONTROLLER = False
+    if _BLAS_CONTROLLER is False:
+        return contextlib.nullcontext()
+    return _BLAS_CONTROLLER.limit(limits=1, user_api="blas")
 
 
 def _macs(x, w, p):
@@ -243,17 +280,25 @@ def _adabin_forward(x, w, alpha_c, beta_c, p, official):
         for s0 in range(0, n_seg, batch):
             s1 = min(n_seg, s0 + batch)
             r = np.empty((q, s1 - s0, og + 1, rows), dtype=gdt)
-            for s in range(s0, s1):
-                g = seg_group[s]
-                cols = slice(seg_c0[s] * taps, (seg_c0[s] + seg_len[s]) * taps)
-                np.matmul(b_s[s], a_s[g][:, cols].T, out=r[0, s - s0])
-                if ties:
-                    np.matmul(b_abs[s], a_s[g][:, cols].T, out=r[1, s - s0])
-                    np.matmul(b_s[s], a_abs[g][:, cols].T, out=r[2, s - s0])
-                    np.matmul(b_abs[s], a_abs[g][:, cols].T, out=r[3, s - s0])
+            with _blas_one_thread():   # a limiter applies once: a fresh one per use
+                _segment_gemms(r, s0, s1, a_s, a_abs, b_s, b_abs, seg_c0, seg_len, seg_group,
+                               taps, ties)
             _kf.combine_counts(r, s0, wtap, seg_len, g_seg0, g_seg1, prods, ties, n0, n1, h_,
                                w_, kh, kw, sh, sw, ph, pw, dh, dw, y)
     return y
+
+
+def _segment_gemms(r, s0, s1, a_s, a_abs, b_s, b_abs, seg_c0, seg_len, seg_group, taps, ties):
+    """Exact sign GEMMs of segments s0..s1-1 into r (see :func:`_adabin_forward`)."""
+    for s in range(s0, s1):
+        g = seg_group[s]
+        cols = slice(seg_c0[s] * taps, (seg_c0[s] + seg_len[s]) * taps)
+        np.matmul(b_s[s], a_s[g][:, cols].T, out=r[0, s - s0])
+        if ties:
+            np.matmul(b_abs[s], a_s[g][:, cols].T, out=r[1, s - s0])
+            np.matmul(b_s[s], a_abs[g][:, cols].T, out=r[2, s - s0])
+            np.matmul(b_abs[s], a_abs[g][:, cols].T, out=r[3, s - s0])
+    return r
 
 
 def conv2d(x, w, *, stride=1, padding=0, dilation=1, groups=1):
@@ -283,6 +328,17 @@ def adabin_conv2d(x, w, alpha, beta, *, stride=1, padding=0, dilation=1, groups=
 
     where :math:`x_b^{pad}` is zero outside the input (zero padding after binarization).
     Output shape ``(N, O, H_out, W_out)``, ``H_out = (H + 2p_h - d_h(k_h - 1) - 1)//s_h + 1``.
+
+    Computed exactly as (SPEC section 4, generalised to three levels for ``official`` ties)
+
+    .. math:: y = \sum_{s} \sum_{i, j \in \{+,-,0\}} (L^{(s)}_i W_j)\; n^{(s)}_{ij}
+
+    with ``L_i`` the activation levels of channel segment ``s`` (channels of one group sharing
+    ``alpha``, ``beta``), ``W_j`` the weight levels of output channel ``o`` (both computed as
+    the elementwise path computes them) and ``n_ij`` the exact number of valid taps with that
+    pair of signs. Error: ``|y - E| <= T u sum|x_b w_b|`` with ``E`` the exact sum of the
+    elementwise products, ``T = 9 * segments``, ``u = 2**-53``. A zero level gives exactly 0.
+    Bit-for-bit the same result for every thread count.
     """
     official = check_convention(convention) == "official"
     x, w, p = _geometry(x, w, stride, padding, dilation, groups)
