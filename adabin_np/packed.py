@@ -44,7 +44,13 @@ slower than the scalar path, still exact).
 
 **Layout.** Activations NHWC: ``(N, H, W, words)`` ``uint64``, channels LSB-first, tail bits 0
 (:func:`pack_bits` with ``axis=1`` then moved last gives the natural layout for ``groups=1``).
-Weights: see :class:`PackedWeights`.
+Weights: see :class:`PackedWeights`. Kernels: :mod:`adabin_np.kernels_packed` (register-blocked
+XOR+popcount microkernels per ISA, chosen for the CPU Numba compiles for).
+
+**dtypes.** float32 input stays float32 (binarized against float32-exact thresholds, no
+float64 copy) and gives float32 output; every other real dtype is converted to float64 and
+gives float64 output. Either way the output is the float64 value of the formula below rounded
+once, so float32 output equals ``packed(float64(x)).astype(float32)`` exactly.
 
 Public entry points: :func:`pack_bits`, :func:`unpack_bits`, :func:`pack_weights`
 (:class:`PackedWeights`), :func:`packed_adabin_conv2d`,
@@ -722,7 +728,8 @@ def packed_adabin_conv2d(x, w, alpha, beta, *, stride=1, padding=0, dilation=1, 
 
     ``x`` ``(N, C, H, W)`` (any real dtype), ``w`` ``(O, C/groups, kh, kw)`` (or a
     :class:`PackedWeights`), ``alpha``/``beta`` the activation set (scalars or ``(C,)``).
-    Returns float64 ``(N, O, H_out, W_out)`` equal to the float path up to rounding (both are
+    Returns ``(N, O, H_out, W_out)`` -- **float32 for float32 ``x``, float64 for any other
+    dtype** (computed in float64 and rounded once) -- equal to the float path up to rounding (both are
     ``sum_P (c_a + d_a s_a)(c_w + d_w s_w)``; the integer parts here are exact), except at
     exact threshold ties in the ``official`` convention (module docstring, tie rule).
 
@@ -755,7 +762,7 @@ def packed_adabin_conv2d(x, w, alpha, beta, *, stride=1, padding=0, dilation=1, 
 
 def packed_conv_counts(x, w, alpha, beta, *, stride=1, padding=0, dilation=1, groups=1):
     r"""Raw integer sums of the packed convolution, from the same kernel
-    (:func:`~adabin_np.kernels_cpu.packed_conv_forward` with ``raw=True``).
+    (:func:`~adabin_np.kernels_packed.bconv_forward` with ``raw=True``).
 
     Returns :class:`PackedCounts` ``(sum_aw, sum_a, sum_w, n_valid)`` with
     ``sum_aw = sum_P s_a s_w`` ``(N, O, OH, OW)``, ``sum_a = sum_P s_a`` ``(N, groups, OH, OW)``,
@@ -814,7 +821,8 @@ def _linear_args(x, w):
 
 def packed_linear(x, w, alpha, beta, *, convention="paper", return_info=False):
     r"""Bit-packed AdaBin linear layer: ``x`` ``(N, I)``, ``w`` ``(O, I)`` (or
-    :class:`PackedWeights` from ``pack_weights(w)``) -> float64 ``(N, O)``.
+    :class:`PackedWeights` from ``pack_weights(w)``) -> ``(N, O)``, float32 for float32 ``x``,
+    float64 otherwise.
 
     A 1x1 convolution on 1x1 spatial input, so the same formula with ``N = I`` for every
     output: ``y = d_a d_w (I - 2 popc(a XOR w)) + d_a c_w (2 popc(a) - I) + c_a d_w sum(s_w)
