@@ -4,8 +4,9 @@ Each thread count runs in its own interpreter (``NUMBA_NUM_THREADS`` is read onc
 computing the forward, the four gradients, the plain conv backward of the layers, a layer's
 backward and ``adabin_linear`` on shapes chosen so that the blocked kernels have many tiles and
 ragged edges (rows not a multiple of 4, columns not a multiple of 64, reductions not a
-multiple of 4, several chunks), with the small-problem single-thread shortcut disabled. The results are compared as SHA-256 digests of their bytes,
-and the digests against the in-process result (whatever its thread count).
+multiple of 4, several chunks), with the small-problem single-thread shortcut disabled. The
+results are compared as SHA-256 digests of their bytes, and the digests against the
+in-process result (whatever its thread count).
 """
 
 import hashlib
