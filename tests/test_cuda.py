@@ -29,6 +29,7 @@ tiny and the launches few; the whole file runs in well under 90 s on 2 cores.
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import subprocess
@@ -38,6 +39,11 @@ import zlib
 from pathlib import Path
 
 _ON_GPU = os.environ.get("ADABIN_CUDA_TESTS_ON_GPU") == "1"
+if importlib.util.find_spec("numba_cuda") is None:  # numba's own numba.cuda cannot run them
+    import pytest
+
+    pytest.skip("numba-cuda is not installed (pip install numba-cuda; .ci/run installs it)",
+                allow_module_level=True)
 if not _ON_GPU and "numba.cuda" not in sys.modules:
     os.environ["NUMBA_ENABLE_CUDASIM"] = "1"  # kept for the whole session (see docstring)
     import numba.core.config
