@@ -4,15 +4,16 @@ Every limit is checked *before* the work or memory it bounds is spent:
 
 * ``max_bytes`` -- total **decoded bytes**: the size of every returned array plus the size of
   every tensor storage that had to be copied or decompressed out of the file (zip members,
-  ``.npy`` payloads). Default ``max(128 MiB, 4 * file size)``: a genuine uncompressed
+  ``.npy`` payloads; a zip's ``data.pkl`` counts twice, it is copied once more), and the
+  ``bytes`` objects a pickle builds with ``_codecs.encode``. Default ``max(128 MiB, 4 * file size)``: a genuine uncompressed
   checkpoint decodes to about twice its size, while a few bytes of deflate or a broadcast
   (stride-0) view cannot make the loader allocate gigabytes unasked (and decompressing
   64 MiB and copying it stays within about a second). Pass a larger value for
   highly compressed ``.npz`` files or broadcast-heavy checkpoints.
 * ``max_ops`` -- pickle opcodes per file (all pickles of a legacy file together), 500,000,
   with calls and sets weighted (see :mod:`.pickle_vm`). ``torch.save`` spends about 60
-  weighted opcodes per tensor (a 2,000-parameter model with its Adam state: 6,000 tensors,
-  363,000), so this admits ~8,000 tensors while bounding the pure-Python VM's time (about
+  weighted opcodes per tensor (a model of 2,000 parameter tensors saved with its Adam
+  state, 6,000 tensors in all: 363,000), so this admits ~8,000 tensors while bounding the pure-Python VM's time (about
   1 s for the most expensive opcode mix on the 2-core development VM) and memory (about
   100 MB).
 * ``max_depth`` -- MARK nesting and tuple-in-tuple nesting, 1,000.
