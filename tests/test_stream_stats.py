@@ -169,6 +169,12 @@ def test_moments_against_scipy_and_extreme_splits():
     ref200 = Moments.of(x[:200]).summary()
     for key, val in ref200.items():
         assert single.summary()[key] == pytest.approx(val, rel=1e-8, abs=1e-9), key
+    # scale-free: tiny and huge samples give the same shape statistics, no under/overflow
+    for scale in (2.0 ** -1000, 2.0 ** 1000):
+        got = Moments.of((x - 1e6) * scale).merge(Moments.of([])).summary()
+        assert got["skew"] == pytest.approx(ref["skew"], rel=1e-6)
+        assert got["excess_kurtosis"] == pytest.approx(ref["excess_kurtosis"], rel=1e-6)
+        assert got["std"] == pytest.approx(ref["std"] * scale, rel=1e-6)
     # merging with an empty accumulator is the identity; a constant has std 0
     assert Moments().merge(whole).summary() == whole.summary()
     assert Moments.of(np.full(7, 2.5)).summary() == {"mean": 2.5, "std": 0.0, "skew": 0.0,

@@ -64,7 +64,7 @@ CONSTANT_RTOL = 1e-12
 #: Number of histogram bins.
 HIST_BINS = 160
 
-_M64 = np.uint64(0xFFFFFFFFFFFFFFFF)
+_NO_SCALE = -1100  # below every float64 exponent (the smallest subnormal is 2**-1074)
 
 
 def splitmix64(x):
@@ -92,13 +92,19 @@ def salt(*ints):
 
 
 class Moments:
-    """Pooled ``n``, mean and central sums ``M2, M3, M4`` (merge: Chan / Pébay, see module)."""
+    """Pooled ``n``, mean and central sums ``M2, M3, M4`` (merge: Chan / Pébay, see module).
 
-    __slots__ = ("n", "mean", "m2", "m3", "m4")
+    Stored for the data scaled by ``2**-e`` (``e`` the binary exponent of the largest
+    magnitude seen), so that ``M4`` neither overflows for huge values nor underflows for tiny
+    ones; the scaling is exact (powers of two) and the reported statistics are unscaled.
+    """
 
-    def __init__(self, n=0, mean=0.0, m2=0.0, m3=0.0, m4=0.0):
+    __slots__ = ("n", "mean", "m2", "m3", "m4", "e")
+
+    def __init__(self, n=0, mean=0.0, m2=0.0, m3=0.0, m4=0.0, e=-1100):
         self.n, self.mean, self.m2, self.m3, self.m4 = int(n), float(mean), float(m2), \
             float(m3), float(m4)
+        self.e = int(e)
 
     @classmethod
     def of(cls, x):
@@ -106,40 +112,52 @@ class Moments:
         x = np.asarray(x, dtype=np.float64).ravel()
         if x.size == 0:
             return cls()
-        mean = float(np.mean(x))
-        d = x - mean
+        top = float(np.max(np.abs(x)))
+        e = math.frexp(top)[1] if top > 0 else _NO_SCALE  # zeros: any other scale wins
+        y = np.ldexp(x, -e)
+        mean = float(np.mean(y))
+        d = y - mean
         d2 = d * d
-        return cls(x.size, mean, float(np.sum(d2)), float(np.sum(d2 * d)), float(np.sum(d2 * d2)))
+        return cls(x.size, mean, float(np.sum(d2)), float(np.sum(d2 * d)), float(np.sum(d2 * d2)),
+                   e)
+
+    def _at(self, e):
+        """The same moments stored at scale exponent ``e >= self.e``."""
+        k = self.e - e
+        return Moments(self.n, math.ldexp(self.mean, k), math.ldexp(self.m2, 2 * k),
+                       math.ldexp(self.m3, 3 * k), math.ldexp(self.m4, 4 * k), e)
 
     def merge(self, other):
         """The moments of both samples together (a new object)."""
         na, nb = self.n, other.n
         if nb == 0:
-            return Moments(na, self.mean, self.m2, self.m3, self.m4)
+            return self._at(self.e)
         if na == 0:
-            return Moments(nb, other.mean, other.m2, other.m3, other.m4)
+            return other._at(other.e)
+        e = max(self.e, other.e)
+        a, b = self._at(e), other._at(e)
         n = na + nb
-        d = other.mean - self.mean
+        d = b.mean - a.mean
         fa, fb = na / n, nb / n  # fractions keep the products of counts in range
-        mean = self.mean + d * fb
-        m2 = self.m2 + other.m2 + d * d * na * fb
-        m3 = (self.m3 + other.m3 + d ** 3 * na * fb * (fa - fb)
-              + 3.0 * d * (fa * other.m2 - fb * self.m2))
-        m4 = (self.m4 + other.m4 + d ** 4 * na * fb * (fa * fa - fa * fb + fb * fb)
-              + 6.0 * d * d * (fa * fa * other.m2 + fb * fb * self.m2)
-              + 4.0 * d * (fa * other.m3 - fb * self.m3))
-        return Moments(n, mean, m2, m3, m4)
+        mean = a.mean + d * fb
+        m2 = a.m2 + b.m2 + d * d * na * fb
+        m3 = (a.m3 + b.m3 + d ** 3 * na * fb * (fa - fb)
+              + 3.0 * d * (fa * b.m2 - fb * a.m2))
+        m4 = (a.m4 + b.m4 + d ** 4 * na * fb * (fa * fa - fa * fb + fb * fb)
+              + 6.0 * d * d * (fa * fa * b.m2 + fb * fb * a.m2)
+              + 4.0 * d * (fa * b.m3 - fb * a.m3))
+        return Moments(n, mean, m2, m3, m4, e)
 
     def summary(self):
         """``{"mean", "std", "skew", "excess_kurtosis"}`` (population; 0 for a constant)."""
         if self.n == 0:
             return {"mean": float("nan"), "std": float("nan"), "skew": float("nan"),
                     "excess_kurtosis": float("nan")}
-        var = max(self.m2, 0.0) / self.n
-        std = math.sqrt(var)
-        if std <= CONSTANT_RTOL * abs(self.mean) or self.m2 <= 0.0:
-            return {"mean": self.mean, "std": 0.0, "skew": 0.0, "excess_kurtosis": 0.0}
-        return {"mean": self.mean, "std": std,
+        mean = math.ldexp(self.mean, self.e)
+        std_scaled = math.sqrt(max(self.m2, 0.0) / self.n)
+        if std_scaled <= CONSTANT_RTOL * abs(self.mean) or self.m2 <= 0.0:
+            return {"mean": mean, "std": 0.0, "skew": 0.0, "excess_kurtosis": 0.0}
+        return {"mean": mean, "std": math.ldexp(std_scaled, self.e),
                 "skew": math.sqrt(self.n) * self.m3 / self.m2 ** 1.5,
                 "excess_kurtosis": self.n * self.m4 / (self.m2 * self.m2) - 3.0}
 
@@ -199,7 +217,10 @@ class Histogram:
 
     def update(self, values):
         values = values.ravel()
-        c, _ = np.histogram(values, bins=self.edges)
+        # equal bins (linspace edges): NumPy's uniform fast path, which corrects every index
+        # against these same edges, so the counts equal ``np.histogram(values, self.edges)``
+        c, _ = np.histogram(values, bins=self.edges.size - 1,
+                            range=(self.edges[0], self.edges[-1]))
         self.counts += c
         self.below += int(np.count_nonzero(values < self.edges[0]))
         self.above += int(np.count_nonzero(values > self.edges[-1]))
@@ -270,12 +291,24 @@ def activation_edges(alpha, beta, b1, b2, per_channel):
     return np.linspace(lo, hi, HIST_BINS + 1)
 
 
-def outputs_at_risk_count(rx, rw, w_shape, geometry):
+def weight_dependence(rw, w_shape, geometry, in_shape):
+    """Outputs ``(1, O, Ho, Wo)`` (bool) reading an in-bounds weight at flip risk: the ones
+    input of ``in_shape = (C, H, W)`` convolved with the weight mask; ``None`` if none is."""
+    if rw is None or not rw.any():
+        return None
+    kw = {k: geometry.get(k, d) for k, d in (("stride", 1), ("padding", 0), ("dilation", 1),
+                                             ("groups", 1))}
+    return conv2d(np.ones((1,) + tuple(in_shape)), rw.astype(np.float64), **kw) > 0.5
+
+
+def outputs_at_risk_count(rx, rw, w_shape, geometry, wdep=False):
     """``(count, total)`` of conv outputs reading >= 1 flip-risk input tap or in-bounds weight.
 
     Same dependency rule as :func:`adabin_np.testing.conv_flip_risk`, computed with two small
     convolutions: the activation mask summed over each group's channels against a ones kernel,
-    and (only when some weight is at risk) the ones input against the weight mask.
+    and (only when some weight is at risk) the ones input against the weight mask; that second
+    term does not depend on the data and may be passed precomputed as ``wdep``
+    (:func:`weight_dependence`).
     """
     kw = {k: geometry.get(k, d) for k, d in (("stride", 1), ("padding", 0), ("dilation", 1),
                                              ("groups", 1))}
@@ -284,10 +317,12 @@ def outputs_at_risk_count(rx, rw, w_shape, geometry):
     o, _, kh, kwd = w_shape
     per_group = rx.reshape(n, g, c // g, h, w).sum(axis=2, dtype=np.float64)
     dep = conv2d(per_group, np.ones((g, 1, kh, kwd)), **{**kw, "groups": g})
-    dep = np.repeat(dep, o // g, axis=1)  # output channel o belongs to group o // (O/g)
-    if rw.any():
-        dep = dep + conv2d(np.ones((1, c, h, w)), rw.astype(np.float64), **kw)
-    return int(np.count_nonzero(dep > 0.5)), int(dep.size)
+    dep = np.repeat(dep > 0.5, o // g, axis=1)  # output channel o is in group o // (O/g)
+    if wdep is False:
+        wdep = weight_dependence(rw, w_shape, geometry, (c, h, w))
+    if wdep is not None:
+        dep = dep | wdep
+    return int(np.count_nonzero(dep)), int(dep.size)
 
 
 class LayerSpec:
@@ -314,6 +349,17 @@ class LayerSpec:
         self.w_shape = w_shape
         self.wmask = wmask
         self.conv = conv
+
+    def weight_dependence(self, in_shape):
+        """:func:`weight_dependence` for inputs ``(C, H, W)``, computed once per shape."""
+        cache = self.__dict__.setdefault("_wdep", {})
+        key = tuple(in_shape)
+        if key not in cache:
+            cache[key] = weight_dependence(self.wmask, self.w_shape, self.conv, key)
+        return cache[key]
+
+    def __getstate__(self):  # the cache is not shipped to workers
+        return {k: v for k, v in self.__dict__.items() if k != "_wdep"}
 
     def broadcast(self, ndim, channels):
         """``(alpha, beta)`` shaped to broadcast against ``(N, C, ...)`` data."""
@@ -400,7 +446,8 @@ class ActivationStats:
         self.curve += np.cumsum(np.bincount(slot, minlength=len(FLIP_RISK_LADDER) + 1))[:-1]
         self.hist.update(v if spec.per_channel else x)
         if spec.conv is not None and x.ndim == 4:
-            cnt, tot = outputs_at_risk_count(mask, spec.wmask, spec.w_shape, spec.conv)
+            cnt, tot = outputs_at_risk_count(mask, spec.wmask, spec.w_shape, spec.conv,
+                                             spec.weight_dependence(x.shape[1:]))
             self.out_risk += cnt
             self.out_total += tot
         self._sample(x, first, c)
