@@ -34,7 +34,7 @@ import time
 
 import numpy as np
 
-__all__ = ["SHAPES", "add_arguments", "run", "format_table"]
+__all__ = ["SHAPES", "add_arguments", "run", "format_table", "plot", "main"]
 
 #: (N, C, H, W) of the issue's table; weights (C, C, 3, 3), padding 1
 SHAPES = [(8, 64, 16, 16), (8, 64, 56, 56), (1, 256, 14, 14), (32, 16, 32, 32)]
@@ -335,3 +335,19 @@ def plot(result, path):
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
+
+
+def main(argv=None):
+    """Command-line entry: parse ``argv`` (the float benchmark's options), run, print the table.
+
+    ``adabin-np bench`` can hand its float-path arguments here; returns the result dict.
+    """
+    result = run(list(argv) if argv is not None else None)
+    print(format_table(result))
+    return result
+
+
+if __name__ == "__main__":  # python -m adabin_np.bench_float --json ... --png ...
+    import sys
+
+    main(sys.argv[1:])

@@ -171,7 +171,7 @@ def build(case):
     return x, w, alpha, beta, geo
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(cases())
 def test_forward_exact_counts_grid(case):
     x, w, alpha, beta, geo = build(case)
