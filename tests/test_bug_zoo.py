@@ -84,3 +84,26 @@ def test_forgiveness_is_bounded_by_the_flip():
     report = abt.compare_with_oracle(y0 + 3.0 * (y_flip - y0), "adabin_conv2d", x, w, a, b,
                                      **GEO)
     assert not report.ok
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_reduction_allowances_stay_below_the_quantity(seed):
+    """The class of bug behind issue 10: a reduction's allowance larger than its value.
+
+    For float32 tolerances, the rounding bound of dalpha and dbeta stays below 1% of the value
+    and rounding plus flip bound below a third of it, so dalpha = 0, 1.5 dalpha, 1.3 dbeta
+    cannot pass.
+    """
+    from adabin_np.testing import compare, tolerance
+
+    x, w, a, b, gy = zoo_case(seed)
+    args = dict(x=x, w=w, alpha=a, beta=b, grad_y=gy, stride=1, padding=1, dilation=1,
+                groups=1, k=10.0, t=0.1, convention="paper")
+    fields = tolerance._exp_adabin_conv2d_grad(ab.adabin_conv2d_grad, args,
+                                               compare._Ctx(1e-5, False))
+    for f in fields:
+        if f.name in ("dalpha", "dbeta"):
+            value = abs(float(f.expected))
+            rounding = 1e-5 * float(f.scale)
+            assert rounding < 0.01 * value, (f.name, rounding, value)
+            assert rounding + float(f.flip) < value / 3, (f.name, float(f.flip), value)

@@ -92,14 +92,14 @@ def test_weights_shrink_in_value():
 
 
 def test_activations_shrink_in_value():
-    x = find(abt.activations((2, 3, 4, 4), 0.8, 0.1, kind="uniform", at_threshold=False),
+    x = find(abt.activations((1, 2, 3, 3), 0.8, 0.1, kind="uniform", at_threshold=False),
              lambda x: (x < 0.1).any(), settings=FIND)
     plain = 0.1 + 0.8 * 0.37
     assert (np.abs(x - plain) > 1e-15).sum() == 1
 
 
 def test_specials_shrink_away():
-    x = find(abt.activations((2, 3, 4, 4), 0.8, 0.1), lambda x: (x == 0.1).any(),
+    x = find(abt.activations((1, 2, 3, 3), 0.8, 0.1), lambda x: (x == 0.1).any(),
              settings=FIND)
     assert (x == 0.1).sum() == 1 and (np.abs(x - (0.1 + 0.8 * 0.37)) > 1e-15).sum() == 1
 
