@@ -218,6 +218,7 @@ def bconv_forward(xa, h_, w_, out_h, wtb, variant, tp, wgm, g_w0, og, seg_w0, se
             for pix in range(npx):
                 raw_a[n, g, oh0 * out_w + pix] = atot[pix]
         xbuf = np.empty(n_tiles * tp * jb, dtype=np.int64)
+        xt = np.empty((jb, npx), dtype=np.int64)  # xbuf transposed: contiguous per channel
         facc = np.zeros((npx, jb)) if multi else np.zeros((1, 1))
         xtot = np.zeros((npx, jb), dtype=np.int64) if raw else np.zeros((1, 1), dtype=np.int64)
         vbuf = np.empty(out_w)
@@ -252,6 +253,12 @@ def bconv_forward(xa, h_, w_, out_h, wtb, variant, tp, wgm, g_w0, og, seg_w0, se
                                 facc[pix, jj] += da * np.int32(nv - 2 * xp)
             if tiles_only:
                 continue
+            if not multi:
+                for pix0 in range(0, npx, 8):  # 8 x jb blocked transpose (L1-resident)
+                    pix1 = min(npx, pix0 + 8)
+                    for jj in range(nj):
+                        for pix in range(pix0, pix1):
+                            xt[jj, pix] = xbuf[pix * jb + jj]
             if raw:
                 for jj in range(nj):
                     for pix in range(npx):
@@ -271,11 +278,21 @@ def bconv_forward(xa, h_, w_, out_h, wtb, variant, tp, wgm, g_w0, og, seg_w0, se
                             pix = pbase + ow
                             vbuf[ow] = brow[rc, o, ow] + d_w * facc[pix, jj] + c_w * qa[pix]
                     else:
-                        # |krow - 2X| = |N - 2 X^P| <= N < 2**31: int32 converts as a vector
+                        # 1-D views and one expression per element so that LLVM vectorises
+                        # (|krow - 2X| = |N - 2 X^P| <= N < 2**31: exact in int32)
+                        b1 = brow[rc, o]
+                        k1 = krow[rc, o]
+                        x1 = xt[jj, pbase:pbase + out_w]
+                        q1 = qa[pbase:pbase + out_w]
+                        if not fused:
+                            y1 = y[n, o, ybase:ybase + out_w]
+                            for ow in range(out_w):
+                                y1[ow] = b1[ow] + d_w * (da0 * np.int32(k1[ow] - 2 * x1[ow])) \
+                                    + c_w * q1[ow]
+                            continue
                         for ow in range(out_w):
-                            pix = pbase + ow
-                            vbuf[ow] = brow[rc, o, ow] + d_w * (da0 * np.int32(
-                                krow[rc, o, ow] - 2 * xbuf[pix * jb + jj])) + c_w * qa[pix]
+                            vbuf[ow] = b1[ow] + d_w * (da0 * np.int32(k1[ow] - 2 * x1[ow])) \
+                                + c_w * q1[ow]
                     if not fused:
                         for ow in range(out_w):
                             y[n, o, ybase + ow] = vbuf[ow]
