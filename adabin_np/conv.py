@@ -251,19 +251,17 @@ def _adabin_forward(x, w, alpha_c, beta_c, p, official):
                                                                         groups)
     n_seg = len(seg_c0)
     prods = _levels(alpha_c, beta_c, wa, wbeta, seg_group * cg + seg_c0, official)
-    sw3 = sw_.reshape(o_, cg, taps)
+    # per segment: tap-major weight signs plus a row of ones (its GEMM row is the activation
+    # sum), views into one flat array; per-tap counts of +1 / -1 weights
+    seg_off = np.zeros(n_seg + 1, dtype=np.int64)
+    seg_off[1:] = np.cumsum((og + 1) * taps * seg_len)
+    bflat = np.empty(seg_off[-1], dtype=gdt)
     wtap = np.zeros((2, o_, n_seg, taps), dtype=np.int64)
-    b_s, b_abs = [], []
-    for s in range(n_seg):
-        g = seg_group[s]
-        blk = sw3[g * og:(g + 1) * og, seg_c0[s]:seg_c0[s] + seg_len[s]]   # (og, len, taps)
-        wtap[0, g * og:(g + 1) * og, s] = (blk == 1).sum(axis=1)
-        wtap[1, g * og:(g + 1) * og, s] = (blk == -1).sum(axis=1)
-        # tap-major weight signs plus a row of ones (its GEMM row is the activation sum)
-        bm = np.ones((og + 1, taps * seg_len[s]), dtype=gdt)
-        bm[:og] = blk.transpose(0, 2, 1).reshape(og, -1)
-        b_s.append(bm)
-        b_abs.append(np.abs(bm))
+    _kf.weight_tables(sw_.reshape(o_, cg, taps), seg_c0, seg_len, seg_group, seg_off, og,
+                      bflat, wtap)
+    b_s = [bflat[seg_off[s]:seg_off[s + 1]].reshape(og + 1, taps * seg_len[s])
+           for s in range(n_seg)]
+    b_abs = [np.abs(b) for b in b_s] if ties else b_s
     pix = p.out_h * p.out_w
     q = 4 if ties else 1
     chunk = max(1, min(n_, _CHUNK_ELEMENTS // max(1, groups * pix * k_g)))

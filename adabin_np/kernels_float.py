@@ -117,6 +117,37 @@ def weight_signs(w, alpha, beta, official):
     return out, zeros
 
 
+@njit(cache=True)
+def weight_tables(sw3, seg_c0, seg_len, seg_group, seg_off, og, bflat, wtap):
+    """GEMM operands and per-tap counts of the weight signs ``sw3`` (O, cg, taps), per segment.
+
+    Segment ``s`` (group ``g``, local channels ``c0 .. c0 + len``) gets the matrix
+    ``B_s = bflat[seg_off[s]:seg_off[s+1]]`` viewed as ``(og + 1, taps*len)``:
+    ``B_s[ol, t*len + l] = sw3[g*og + ol, c0 + l, t]`` (tap-major, as :func:`sign_im2col`) and a
+    last row of ones. ``wtap[0/1, o, s, t]``: weights of ``o`` in the segment with sign +1/-1
+    at tap ``t`` (``wtap`` pre-zeroed).
+    """
+    taps = sw3.shape[2]
+    for s in range(seg_len.shape[0]):
+        g = seg_group[s]
+        c0 = seg_c0[s]
+        ln = seg_len[s]
+        width = taps * ln
+        base = seg_off[s]
+        for ol in range(og):
+            o = g * og + ol
+            row = base + ol * width
+            for l in range(ln):
+                for t in range(taps):
+                    v = sw3[o, c0 + l, t]
+                    bflat[row + t * ln + l] = v
+                    wtap[0, o, s, t] += v > 0
+                    wtap[1, o, s, t] += v < 0
+        for j in range(width):
+            bflat[base + og * width + j] = 1.0
+    return bflat
+
+
 @njit(cache=True, parallel=True)
 def sign_im2col(sp, n0, n1, cg, kh, kw, sh, sw, dh, dw, out_h, out_w, seg_c0, seg_len,
                 g_seg0, g_seg1, a_s):
