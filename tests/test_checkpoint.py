@@ -262,6 +262,17 @@ def test_npz_bool_bytes_are_normalised(tmp_path):
     np.testing.assert_array_equal(got.view(np.uint8), [0, 1, 1, 1])
 
 
+@pytest.mark.parametrize("descr", ["<f5", ",f5", "<U5", "|V8", "<M8[s]", "(2,)<f4", "O",
+                                   "<f4,<i4", "<f16"])
+def test_npz_refuses_all_but_plain_numeric_dtypes(tmp_path, descr):
+    body = f"{{'descr': {descr!r}, 'fortran_order': False, 'shape': (1,), }}".encode()
+    with zipfile.ZipFile(tmp_path / "d.npz", "w") as zf:
+        zf.writestr("x.npy", b"\x93NUMPY\x01\x00" + len(body).to_bytes(2, "little") + body
+                    + bytes(16))
+    with pytest.raises(CheckpointError, match="unsupported dtype"):
+        load_checkpoint(tmp_path / "d.npz")
+
+
 def test_save_npz_validation(tmp_path):
     with pytest.raises(TypeError, match="path"):
         save_npz(1.5, {"a": np.ones(1)})
