@@ -83,13 +83,18 @@ def _threads_for(macs):
 _BLAS_CONTROLLER = None
 
 
-def _blas_one_thread():
-    """Context: NumPy's BLAS on one thread (the forward's exact-integer GEMMs).
+#: GEMMs of at least this many multiply-adds use as many BLAS threads as Numba has
+_BLAS_PARALLEL_MIN_MACS = 2 ** 27
 
-    The GEMMs are exact, so the thread count cannot change a result; one BLAS thread keeps
-    OpenBLAS's spinning workers from competing with the Numba kernels that follow (on a
-    2-core machine they halved the speed of the next kernel). Needs ``threadpoolctl`` (a
-    scikit-learn dependency); without it the BLAS keeps its own setting.
+
+def _blas_threads(macs):
+    """Context: NumPy's BLAS thread count for the forward's exact-integer GEMMs.
+
+    The GEMMs are exact, so the thread count cannot change a result. Below
+    ``_BLAS_PARALLEL_MIN_MACS`` one BLAS thread keeps OpenBLAS's spinning workers from
+    competing with the Numba kernels that follow (on a 2-core machine they halved the speed
+    of the next kernel); large GEMMs get ``numba.get_num_threads()`` threads. Needs
+    ``threadpoolctl`` (a scikit-learn dependency); without it the BLAS keeps its own setting.
     """
     global _BLAS_CONTROLLER
     if _BLAS_CONTROLLER is None:
@@ -101,7 +106,8 @@ def _blas_one_thread():
             _BLAS_CONTROLLER = False
     if _BLAS_CONTROLLER is False:
         return contextlib.nullcontext()
-    return _BLAS_CONTROLLER.limit(limits=1, user_api="blas")
+    limit = numba.get_num_threads() if macs >= _BLAS_PARALLEL_MIN_MACS else 1
+    return _BLAS_CONTROLLER.limit(limits=limit, user_api="blas")
 
 
 def _macs(x, w, p):
@@ -278,7 +284,8 @@ def _adabin_forward(x, w, alpha_c, beta_c, p, official):
         for s0 in range(0, n_seg, batch):
             s1 = min(n_seg, s0 + batch)
             r = np.empty((q, s1 - s0, og + 1, rows), dtype=gdt)
-            with _blas_one_thread():   # a limiter applies once: a fresh one per use
+            gemm_macs = q * (og + 1) * rows * int(np.sum(seg_len[s0:s1])) * taps
+            with _blas_threads(gemm_macs):   # a limiter applies once: a fresh one per use
                 _segment_gemms(r, s0, s1, a_s, a_abs, b_s, b_abs, seg_c0, seg_len, seg_group,
                                taps, ties)
             _kf.combine_counts(r, s0, wtap, seg_len, g_seg0, g_seg1, prods, ties, n0, n1, h_,
