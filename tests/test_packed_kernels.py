@@ -47,22 +47,26 @@ def test_tile_matches_numpy(variant, taps, wgm, q0, nq):
     offs = rng.integers(0, 200 - wgm, size=taps * tp).astype(np.int64)
     wb = rng.integers(0, 2**63, size=7 + taps * wgm * jb, dtype=np.int64).view(np.uint64)
     xout = np.full(5 + tp * jb, -1, dtype=np.int64)
+    aout = np.full(3 + tp, -1, dtype=np.int64)
 
     from numba import njit
 
     @njit
-    def call(xa, offs, wb, xout):
-        tile(xa, offs, 0, wb, 7, taps, wgm, q0, nq, xout, 5)
+    def call(xa, offs, wb, xout, aout):
+        tile(xa, offs, 0, wb, 7, taps, wgm, q0, nq, xout, 5, aout, 3)
 
-    call(xa, offs, wb, xout)
+    call(xa, offs, wb, xout, aout)
     want = np.zeros((tp, jb), dtype=np.int64)
+    want_a = np.zeros(tp, dtype=np.int64)
     for t in range(taps):
         for p in range(tp):
             for q in range(q0, q0 + nq):
                 row = wb[7 + (t * wgm + q) * jb:7 + (t * wgm + q + 1) * jb]
                 want[p] += _popc(xa[offs[t * tp + p] + q] ^ row)
+                want_a[p] += bin(int(xa[offs[t * tp + p] + q])).count("1")
     np.testing.assert_array_equal(xout[5:].reshape(tp, jb), want)
-    assert np.all(xout[:5] == -1)  # nothing written before xbase
+    np.testing.assert_array_equal(aout[3:], want_a)
+    assert np.all(xout[:5] == -1) and np.all(aout[:3] == -1)  # nothing before the bases
 
 
 @pytest.mark.parametrize("case", [
@@ -125,8 +129,8 @@ def test_avx2_only_cpu_path_in_a_subprocess():
 
         @njit
         def both(xa, offs, wb, xout):
-            MK.tile_6x32_avx512(xa, offs, 0, wb, 0, 9, 2, 0, 2, xout, 0)
-            MK.tile_4x8_avx2(xa, offs, 0, wb, 0, 9, 2, 0, 2, xout, 0)
+            MK.tile_6x32_avx512(xa, offs, 0, wb, 0, 9, 2, 0, 2, xout, 0, xout, 300)
+            MK.tile_4x8_avx2(xa, offs, 0, wb, 0, 9, 2, 0, 2, xout, 0, xout, 300)
 
         u8, i8 = np.zeros(4096, np.uint64), np.zeros(4096, np.int64)
         both(u8, i8, u8, i8)

@@ -105,11 +105,12 @@ def border_tables(pcw, seg_n, seg_ca, g_seg0, g_seg1, alpha_w, beta_w, shift, r_
 
 
 @njit(cache=True, inline="always", error_model="numpy")
-def _tile(variant, xa, offs, obase, wb, wbase, taps, wgm, q0, nq, xout, xbase):
+def _tile(variant, xa, offs, obase, wb, wbase, taps, wgm, q0, nq, xout, xbase, aout, abase):
     if variant == 0:
-        tile_6x32_avx512(xa, offs, obase, wb, wbase, taps, wgm, q0, nq, xout, xbase)
+        tile_6x32_avx512(xa, offs, obase, wb, wbase, taps, wgm, q0, nq, xout, xbase, aout,
+                         abase)
     else:
-        tile_4x8_avx2(xa, offs, obase, wb, wbase, taps, wgm, q0, nq, xout, xbase)
+        tile_4x8_avx2(xa, offs, obase, wb, wbase, taps, wgm, q0, nq, xout, xbase, aout, abase)
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
@@ -172,13 +173,17 @@ def bconv_forward(xa, h_, w_, out_h, wtb, variant, tp, wgm, g_w0, og, seg_w0, se
         multi = s1 - s0 > 1 or raw
         # per-tap word offsets of every pixel of the chunk, tile-major: offs[(it*taps + t)*tp + p]
         offs = np.empty(n_tiles * taps * tp, dtype=np.int64)
+        ntap = np.zeros(npx, dtype=np.int64)  # valid taps per pixel
         zoff = zero_pix + qg
+        oh = oh0
+        ow = 0
         for it in range(n_tiles):
             for p in range(tp):
                 pix = it * tp + p
                 if pix < npx:
-                    oh = oh0 + pix // out_w
-                    ow = pix % out_w
+                    rc = row_cls[oh]
+                    cl = col_cls[ow]
+                    ntap[pix] = (r_hi[rc] - r_lo[rc]) * (c_hi[cl] - c_lo[cl])
                     for ki in range(kh):
                         ih = oh * sh - ph + ki * dh
                         for kj in range(kw):
@@ -188,35 +193,18 @@ def bconv_forward(xa, h_, w_, out_h, wtb, variant, tp, wgm, g_w0, og, seg_w0, se
                                 offs[(it * taps + t) * tp + p] = ((n * h_ + ih) * w_ + iw) * cw + qg
                             else:
                                 offs[(it * taps + t) * tp + p] = zoff
+                    ow += 1
+                    if ow == out_w:
+                        ow = 0
+                        oh += 1
                 else:
                     for t in range(taps):
                         offs[(it * taps + t) * tp + p] = zoff
-        # activation terms per pixel (independent of the output block): qa = sum_s d_a (2A - N)
+        # activation terms per pixel, qa = sum_s d_a (2 A_s - N_s), from the microkernel's
+        # activation popcounts during the first block of the task
         qa = np.zeros(npx)
         atot = np.zeros(npx, dtype=np.int64)
-        for s in range(s0, s0 if tiles_only else s1):
-            q0 = seg_w0[s] - qg
-            nq = seg_w1[s] - seg_w0[s]
-            da = seg_da[s]
-            nseg = seg_n[s]
-            for pix in range(npx):
-                it = pix // tp
-                p = pix % tp
-                a_sum = 0
-                for t in range(taps):
-                    off = offs[(it * taps + t) * tp + p]
-                    for q in range(q0, q0 + nq):
-                        a_sum += _popcount(xa_flat[off + q])
-                oh = oh0 + pix // out_w
-                ow = pix % out_w
-                rc = row_cls[oh]
-                cl = col_cls[ow]
-                nv = nseg * (r_hi[rc] - r_lo[rc]) * (c_hi[cl] - c_lo[cl])
-                qa[pix] += da * (2 * a_sum - nv)
-                atot[pix] += a_sum
-        if raw and bg == 0:
-            for pix in range(npx):
-                raw_a[n, g, oh0 * out_w + pix] = atot[pix]
+        apc = np.zeros(n_tiles * tp, dtype=np.int64)
         xbuf = np.empty(n_tiles * tp * jb, dtype=np.int64)
         xt = np.empty((jb, npx), dtype=np.int64)  # xbuf transposed: contiguous per channel
         facc = np.zeros((npx, jb)) if multi else np.zeros((1, 1))
@@ -236,15 +224,21 @@ def bconv_forward(xa, h_, w_, out_h, wtb, variant, tp, wgm, g_w0, og, seg_w0, se
                 nq = seg_w1[s] - seg_w0[s]
                 for it in range(n_tiles):
                     _tile(variant, xa_flat, offs, it * taps * tp, wtb_flat, wbase, taps, wgm,
-                          q0, nq, xbuf, it * tp * jb)
+                          q0, nq, xbuf, it * tp * jb, apc, it * tp)
                 if tiles_only:
                     continue
+                if blk == bg * blocks_per_task:
+                    da = seg_da[s]
+                    nseg = seg_n[s]
+                    for pix in range(npx):
+                        qa[pix] += da * (2 * apc[pix] - nseg * ntap[pix])
+                        atot[pix] += apc[pix]
                 if multi:
                     da = seg_da[s]
                     for pix in range(npx):
                         rc = row_cls[oh0 + pix // out_w]
                         cl = col_cls[pix % out_w]
-                        nv = seg_n[s] * (r_hi[rc] - r_lo[rc]) * (c_hi[cl] - c_lo[cl])
+                        nv = seg_n[s] * ntap[pix]
                         for jj in range(nj):
                             xp = xbuf[pix * jb + jj] - pinv[s, rc, cl, j0 + jj]
                             if raw:
@@ -253,6 +247,9 @@ def bconv_forward(xa, h_, w_, out_h, wtb, variant, tp, wgm, g_w0, og, seg_w0, se
                                 facc[pix, jj] += da * np.int32(nv - 2 * xp)
             if tiles_only:
                 continue
+            if raw and bg == 0 and blk == 0:
+                for pix in range(npx):
+                    raw_a[n, g, oh0 * out_w + pix] = atot[pix]
             if not multi:
                 for pix0 in range(0, npx, 8):  # 8 x jb blocked transpose (L1-resident)
                     pix1 = min(npx, pix0 + 8)
@@ -278,21 +275,18 @@ def bconv_forward(xa, h_, w_, out_h, wtb, variant, tp, wgm, g_w0, og, seg_w0, se
                             pix = pbase + ow
                             vbuf[ow] = brow[rc, o, ow] + d_w * facc[pix, jj] + c_w * qa[pix]
                     else:
-                        # 1-D views and one expression per element so that LLVM vectorises
-                        # (|krow - 2X| = |N - 2 X^P| <= N < 2**31: exact in int32)
-                        b1 = brow[rc, o]
-                        k1 = krow[rc, o]
-                        x1 = xt[jj, pbase:pbase + out_w]
-                        q1 = qa[pbase:pbase + out_w]
+                        # one expression per element, plain indexing (a Numba view would cost
+                        # an atomic reference count per row); |krow - 2X| = |N - 2 X^P| <= N <
+                        # 2**31: exact in int32
                         if not fused:
-                            y1 = y[n, o, ybase:ybase + out_w]
                             for ow in range(out_w):
-                                y1[ow] = b1[ow] + d_w * (da0 * np.int32(k1[ow] - 2 * x1[ow])) \
-                                    + c_w * q1[ow]
+                                y[n, o, ybase + ow] = brow[rc, o, ow] + d_w * (da0 * np.int32(
+                                    krow[rc, o, ow] - 2 * xt[jj, pbase + ow])) \
+                                    + c_w * qa[pbase + ow]
                             continue
                         for ow in range(out_w):
-                            vbuf[ow] = b1[ow] + d_w * (da0 * np.int32(k1[ow] - 2 * x1[ow])) \
-                                + c_w * q1[ow]
+                            vbuf[ow] = brow[rc, o, ow] + d_w * (da0 * np.int32(
+                                krow[rc, o, ow] - 2 * xt[jj, pbase + ow])) + c_w * qa[pbase + ow]
                     if not fused:
                         for ow in range(out_w):
                             y[n, o, ybase + ow] = vbuf[ow]
@@ -333,10 +327,11 @@ def popcount_roofline(variant, taps, wgm, reps, n_threads):
             for p in range(tp):
                 offs[t * tp + p] = ((t + p) % (tp + 1)) * wgm
         xout = np.zeros(tp * jb, dtype=np.int64)
+        aout = np.zeros(tp, dtype=np.int64)
         tot = 0
         for r in range(reps):
             xa[r % xa.shape[0]] ^= np.uint64(r)
-            _tile(variant, xa, offs, 0, wb, 0, taps, wgm, 0, wgm, xout, 0)
+            _tile(variant, xa, offs, 0, wb, 0, taps, wgm, 0, wgm, xout, 0, aout, 0)
             tot += xout[r % (tp * jb)]
         res[tid] = tot
     return res

@@ -26,11 +26,13 @@ Tiles (file-level names state the register block, as in LCE's ``kernel_4x2_porta
 Call signature (all int64 scalars; arrays are 1-D C-contiguous, no bounds checks: the caller,
 :func:`adabin_np.kernels_packed.conv.bconv_forward`, guarantees every index is in range)::
 
-    tile(xa, offs, obase, wb, wbase, taps, wgm, q0, nq, xout, xbase)
+    tile(xa, offs, obase, wb, wbase, taps, wgm, q0, nq, xout, xbase, aout, abase)
         xa   uint64 activations, offs int64: offs[obase + t*P + p] = word offset of pixel p
              at tap t
         wb   uint64 weights, block starting at wbase, laid out [t][wgm][J]
         xout int64, X[p, j] written to xout[xbase + p*J + j]
+        aout int64, A[p] = sum popc(a) over the same words written to aout[abase + p]
+             (the activation popcount of SPEC section 4, one scalar popcnt per word)
 """
 
 from __future__ import annotations
@@ -48,21 +50,22 @@ def _make_tile(P, n_vec, lanes):
     J = n_vec * lanes
 
     @intrinsic
-    def tile(typingctx, xa, offs, obase, wb, wbase, taps, wgm, q0, nq, xout, xbase):
+    def tile(typingctx, xa, offs, obase, wb, wbase, taps, wgm, q0, nq, xout, xbase, aout, abase):
         for arr, dt in ((xa, types.uint64), (offs, types.int64), (wb, types.uint64),
-                        (xout, types.int64)):
+                        (xout, types.int64), (aout, types.int64)):
             if not isinstance(arr, types.Array) or arr.dtype != dt or arr.ndim != 1:
                 return None
         i64t = types.int64
-        sig = types.void(xa, offs, i64t, wb, i64t, i64t, i64t, i64t, i64t, xout, i64t)
+        sig = types.void(xa, offs, i64t, wb, i64t, i64t, i64t, i64t, i64t, xout, i64t, aout, i64t)
 
         def codegen(context, builder, signature, args):
-            xa_, offs_, obase_, wb_, wbase_, taps_, wgm_, q0_, nq_, xout_, xbase_ = args
+            xa_, offs_, obase_, wb_, wbase_, taps_, wgm_, q0_, nq_, xout_, xbase_, aout_, abase_ = args
             ty = signature.args
             xp = context.make_array(ty[0])(context, builder, xa_).data
             op = context.make_array(ty[1])(context, builder, offs_).data
             wp = context.make_array(ty[3])(context, builder, wb_).data
             outp = context.make_array(ty[9])(context, builder, xout_).data
+            aoutp = context.make_array(ty[11])(context, builder, aout_).data
             i64 = ir.IntType(64)
             i32 = ir.IntType(32)
             vty = ir.VectorType(i64, lanes)
@@ -71,6 +74,9 @@ def _make_tile(P, n_vec, lanes):
                                                    f"llvm.ctpop.v{lanes}i64")
             c = lambda v: ir.Constant(i64, v)  # noqa: E731
             accs = [[cgutils.alloca_once(builder, vty) for _ in range(n_vec)] for _ in range(P)]
+            aacc = [cgutils.alloca_once(builder, i64) for _ in range(P)]
+            for acc in aacc:
+                builder.store(c(0), acc)
             zero = ir.Constant(vty, [0] * lanes)
             for row in accs:
                 for acc in row:
@@ -96,12 +102,16 @@ def _make_tile(P, n_vec, lanes):
                         ws.append(ld)
                     for p in range(P):
                         a = builder.load(builder.gep(xp, [builder.add(bases[p], q)]))
+                        builder.store(builder.add(builder.load(aacc[p]), builder.ctpop(a)),
+                                      aacc[p])
                         av = builder.insert_element(undef, a, ir.Constant(i32, 0))
                         av = builder.shuffle_vector(av, undef, splat)
                         for v in range(n_vec):
                             pc = builder.call(ctpop, [builder.xor(av, ws[v])])
                             builder.store(builder.add(builder.load(accs[p][v]), pc), accs[p][v])
             for p in range(P):
+                builder.store(builder.load(aacc[p]),
+                              builder.gep(aoutp, [builder.add(abase_, c(p))]))
                 for v in range(n_vec):
                     ptr = builder.bitcast(
                         builder.gep(outp, [builder.add(xbase_, c(p * J + v * lanes))]), vptr)
