@@ -262,6 +262,20 @@ def test_npz_bool_bytes_are_normalised(tmp_path):
     np.testing.assert_array_equal(got.view(np.uint8), [0, 1, 1, 1])
 
 
+@pytest.mark.parametrize("header", [
+    "{'descr': '>i2', 'fortran_order': True, 'shape': (2, 3), }" + " " * 40 + "\n",  # np.save
+    '{"shape": (2, 3), "fortran_order": True, "descr": ">i2"}\n',  # any other literal
+    "{'descr':'>i2','fortran_order':True,'shape':(2,3)}",
+])
+def test_npz_header_spellings(tmp_path, header):
+    data = np.arange(6, dtype=">i2").reshape(2, 3)
+    body = header.encode()
+    with zipfile.ZipFile(tmp_path / "h.npz", "w") as zf:
+        zf.writestr("x.npy", b"\x93NUMPY\x01\x00" + len(body).to_bytes(2, "little") + body
+                    + data.tobytes(order="F"))
+    assert_same(load_checkpoint(tmp_path / "h.npz"), {"x": data.astype("=i2")})
+
+
 @pytest.mark.parametrize("descr", ["<f5", ",f5", "<U5", "|V8", "<M8[s]", "(2,)<f4", "O",
                                    "<f4,<i4", "<f16"])
 def test_npz_refuses_all_but_plain_numeric_dtypes(tmp_path, descr):

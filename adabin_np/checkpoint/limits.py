@@ -17,9 +17,9 @@ Every limit is checked *before* the work or memory it bounds is spent:
   1 s for the most expensive opcode mix on the 2-core development VM) and memory (about
   100 MB).
 * ``max_depth`` -- MARK nesting and tuple-in-tuple nesting, 1,000.
-* ``max_members`` -- zip members (torch zip, ``.npz``) and safetensors entries, 20,000: the
-  per-member work (a zip directory entry, an ``.npy`` header, a JSON entry) costs tens of
-  microseconds in Python, and a 10 MB archive could otherwise hold 200,000 of them.
+* ``max_members`` -- zip members (torch zip, ``.npz``) and safetensors entries, 10,000: the
+  per-member work (a zip directory entry, an ``.npy`` header, a JSON entry) costs up to
+  ~100 microseconds in Python, and a 10 MB archive could otherwise hold 200,000 of them.
 * ``max_equal_hashes`` -- dict keys / set elements of one container that share one hash value,
   32 (Python dicts degrade quadratically on equal hashes; genuine files have none).
 * ``max_key_items`` -- elements of a tuple used as a dict key or set element, 16.
@@ -43,7 +43,7 @@ class Limits:
     max_bytes: int
     max_ops: int = 500_000
     max_depth: int = 1000
-    max_members: int = 20_000
+    max_members: int = 10_000
     max_equal_hashes: int = 32
     max_key_items: int = 16
     max_ndim: int = 32

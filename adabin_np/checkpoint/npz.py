@@ -23,6 +23,9 @@ from .tensors import check_int_tuple, describe, strip_prefix
 from .zip_members import read_member
 
 _MAX_NPY_HEADER = 10000  # NumPy's own default for max_header_size
+_CANONICAL_HEADER = re.compile(
+    r"\{'descr': '(?P<descr>[<>|=]?[a-z][0-9]{1,2})', 'fortran_order': (?P<fortran>True|False), "
+    r"'shape': \((?P<shape>(?:[0-9]{1,19}, ?)*[0-9]{0,19})\), \} *\n?")
 # bool, (u)int8..64, float16/32/64, complex64/128 in either byte order: '<f4', '|b1', '>c16'
 _NUMERIC_DESCR = re.compile(r"[<>|=]?(b1|[iu][1248]|f[248]|c8|c16)")
 
@@ -38,8 +41,9 @@ def _read_header(raw: bytearray, name: str) -> tuple[tuple, bool, np.dtype, int]
     Format 1.0: ``\\x93NUMPY``, ``1 0``, a 2-byte little-endian header length; 2.0: ``2 0``
     and a 4-byte length; then a latin-1 Python dict literal with exactly the keys ``descr``
     (a dtype string: list descriptions are structured dtypes, refused), ``fortran_order``
-    (bool) and ``shape`` (tuple of ints). Parsed with ``ast.literal_eval`` (no code runs);
-    NumPy's own parser first tokenizes the header to fix Python 2 longs, at ~10x the cost.
+    (bool) and ``shape`` (tuple of ints). The header ``np.save`` writes is matched by a regular
+    expression; any other spelling is parsed with ``ast.literal_eval`` (no code runs). NumPy's
+    own parser tokenizes the header first (to fix Python 2 longs), at ~10x the cost.
     """
     what = f"npz member {name!r:.80}"
     if bytes(raw[:6]) != b"\x93NUMPY" or len(raw) < 10:
@@ -55,10 +59,17 @@ def _read_header(raw: bytearray, name: str) -> tuple[tuple, bool, np.dtype, int]
         raise CheckpointError(f"{what} has a header of {length} bytes (truncated or over "
                               f"{_MAX_NPY_HEADER})")
     text = bytes(raw[start:start + length]).decode("latin-1")
-    try:
-        header = ast.literal_eval(text)
-    except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError) as exc:
-        raise CheckpointError(f"{what} has a corrupt header ({type(exc).__name__})") from None
+    canonical = _CANONICAL_HEADER.fullmatch(text)
+    if canonical:  # what np.save writes: parsed without the (slower) Python parser
+        dims = canonical["shape"].replace(",", " ").split()
+        header = {"descr": canonical["descr"], "fortran_order": canonical["fortran"] == "True",
+                  "shape": tuple(int(d) for d in dims)}
+    else:
+        try:
+            header = ast.literal_eval(text)
+        except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError) as exc:
+            raise CheckpointError(f"{what} has a corrupt header ({type(exc).__name__})") \
+                from None
     if type(header) is not dict or set(header) != {"descr", "fortran_order", "shape"}:
         raise CheckpointError(f"{what} header must be a dict of descr, fortran_order, shape")
     descr, fortran, shape = header["descr"], header["fortran_order"], header["shape"]

@@ -72,6 +72,11 @@ def parse_header(data: bytes, limits: Limits) -> tuple[dict, int]:
     raw = bytes(data[8:8 + n])
     if not raw.startswith(b"{"):
         raise CheckpointError("safetensors header does not start with '{'")
+    # Each JSON object starts with a '{' byte (escapes cannot make one): counting them at C
+    # speed bounds the entries before the parser calls back into Python once per object.
+    if raw.count(b"{") > limits.max_members + 2:
+        raise CheckpointError(f"safetensors header lists more than {limits.max_members} "
+                              "tensors (max_members)")
     try:
         header = json.loads(raw.decode("utf-8"), object_pairs_hook=_no_duplicates,
                             parse_constant=_refuse_constant)
