@@ -566,3 +566,19 @@ def test_public_checkpoint(tmp_path):
     # and it survives the project's own format unchanged
     save_npz(tmp_path / "r20.npz", sd)
     assert_same(load_checkpoint(tmp_path / "r20.npz"), sd)
+
+
+def test_large_genuine_checkpoint_is_within_the_limits(tmp_path):
+    """A 1,000-layer model saved with its Adam state (6,000 tensors, int-keyed optimizer
+    dicts) loads: the opcode, member and hash limits leave room for real checkpoints."""
+    torch = pytest.importorskip("torch")
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(*[torch.nn.Linear(3, 3) for _ in range(1000)])
+    opt = torch.optim.Adam(model.parameters())
+    model(torch.randn(2, 3)).sum().backward()
+    opt.step()
+    for legacy in (False, True):
+        path = torch_save(tmp_path, {"model": model.state_dict(), "optimizer": opt.state_dict(),
+                                     "epoch": 3}, legacy)
+        ref = torch.load(path, weights_only=True)["model"]
+        assert_same(load_checkpoint(path), {k: v.numpy() for k, v in ref.items()})
