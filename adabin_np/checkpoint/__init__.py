@@ -36,10 +36,12 @@ other or with the file. float8, quantized, sparse, nested and meta tensors are r
 Safety
 ------
 A checkpoint is data, never code: see :mod:`.pickle_vm` for what a pickle may do, and
-:mod:`.limits` for the bounds (``max_bytes``, opcodes, nesting, hash collisions) that make
-any file of at most 10 MB load or be refused in well under 2 s. The file is opened without
-following FIFOs into a blocking read, must be a regular file, is read once (a read bounded by
-its size) and its descriptor is always closed. Every error names the path.
+:mod:`.limits` for the bounds (``max_bytes``, opcodes, nesting, hash collisions, archive
+members), each checked before the work or memory it bounds is spent, so that any file of at
+most 10 MB loads or is refused within about a second (``fuzz/bench_hostile.py`` times the
+worst file per attack class). The file is opened with ``O_NONBLOCK`` (a FIFO cannot block
+the open), must be a regular file, is read once (a read bounded by its size) and its
+descriptor is always closed. Every error names the path.
 """
 from __future__ import annotations
 
