@@ -16,6 +16,8 @@ Every limit is checked *before* the work or memory it bounds is spent:
   state, 6,000 tensors in all: 363,000), so this admits ~8,000 tensors while bounding the pure-Python VM's time (about
   1 s for the most expensive opcode mix on the 2-core development VM) and memory (about
   100 MB).
+  The opcode count is also the object count and bounds every container's size: each element
+  of a list, tuple, dict or set costs at least one opcode.
 * ``max_depth`` -- MARK nesting and tuple-in-tuple nesting, 1,000.
 * ``max_members`` -- zip members (torch zip, ``.npz``) and safetensors entries, 10,000: the
   per-member work (a zip directory entry, an ``.npy`` header, a JSON entry) costs up to
