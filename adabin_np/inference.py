@@ -43,7 +43,6 @@ from .layers import (
     Identity,
     Linear,
     Maxout,
-    MaxPool2d,
     Sequential,
     ShortcutA,
 )
@@ -262,10 +261,11 @@ class PackedPlan:
     """A compiled eval-mode ResNet for packed inference (see the module docstring)."""
 
     def __init__(self, model):
-        from .models import CifarResNet, ImageNetResNet
+        from .models import ImageNetResNet
 
         if not supports(model):
-            raise TypeError(f"no packed plan for {type(model).__name__} (training={model.training})")
+            raise TypeError(f"no packed plan for {type(model).__name__} "
+                            f"(training={model.training})")
         self._snapshot = [(k, a.copy()) for k, a in _state_arrays(model)]
         self._config = _config(model)
         self.model = model

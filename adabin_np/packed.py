@@ -582,6 +582,7 @@ def _pack_input(x, alpha_c, beta_c, layout):
 
 
 _NO_F64 = np.zeros(0)
+_STAGE_CLOCK = [time.perf_counter]  # the benchmark may switch the stage clock to thread_time
 
 
 def _run_cpu(x, pw, alpha_c, beta_c, p: ConvParams, official, raw=False, out=None,
@@ -590,7 +591,7 @@ def _run_cpu(x, pw, alpha_c, beta_c, p: ConvParams, official, raw=False, out=Non
     ``stages`` (benchmark only): a dict that receives the seconds of ``pack``, ``tables``
     (layout, kernel weights, border tables), ``kernel`` and ``tiles`` (the kernel's
     microkernel part alone, from a second ``tiles_only`` run)."""
-    clock = time.perf_counter
+    clock = _STAGE_CLOCK[0]
     t0 = clock()
     n_, c_, h_, w_ = x.shape
     o_, cg, kh, kw = pw.shape
@@ -729,7 +730,8 @@ def packed_adabin_conv2d(x, w, alpha, beta, *, stride=1, padding=0, dilation=1, 
     ``x`` ``(N, C, H, W)`` (any real dtype), ``w`` ``(O, C/groups, kh, kw)`` (or a
     :class:`PackedWeights`), ``alpha``/``beta`` the activation set (scalars or ``(C,)``).
     Returns ``(N, O, H_out, W_out)`` -- **float32 for float32 ``x``, float64 for any other
-    dtype** (computed in float64 and rounded once) -- equal to the float path up to rounding (both are
+    dtype** (computed in float64 and rounded once) -- equal to the float path up to rounding
+    (both are
     ``sum_P (c_a + d_a s_a)(c_w + d_w s_w)``; the integer parts here are exact), except at
     exact threshold ties in the ``official`` convention (module docstring, tie rule).
 

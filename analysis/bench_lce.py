@@ -1,4 +1,4 @@
-"""Peer comparison: Larq Compute Engine (LCE) 0.16 on the ResNet-18 3x3 layers of ``adabin-np bench``.
+"""Peer comparison: Larq Compute Engine 0.16 on the ResNet-18 3x3 layers of ``adabin-np bench``.
 
 Not part of the package or of CI: LCE needs its own virtual environment (Python 3.11)::
 

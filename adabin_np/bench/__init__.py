@@ -36,7 +36,7 @@ import time
 import numpy as np
 
 from .roofline import bandwidth, layer_bound, popcount_roofline
-from .timing import cpu_name, interleaved, isa, stats
+from .timing import cpu_name, interleaved, isa
 
 __all__ = ["LAYERS", "add_arguments", "run", "format_table"]
 
@@ -60,6 +60,9 @@ def add_arguments(parser):
                         help="batch of the whole-ResNet-18 row (default: 8; 0 skips it)")
     parser.add_argument("--model-repeats", type=int, default=5,
                         help="timed rounds of the whole-model row (default: 5)")
+    parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                        help="wall: wall-clock (default); cpu: CPU time of the calling thread, "
+                             "needs --threads 1 -- robust on a machine loaded by others")
     parser.add_argument("--no-torch", action="store_true", help="skip torch even if installed")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--json", default=None, metavar="PATH",
@@ -89,23 +92,33 @@ def _geomean(vals):
     return math.exp(sum(map(math.log, vals)) / len(vals)) if vals else None
 
 
-def _stage_breakdown(x, pw, alpha, beta, repeats):
+def _clock(a):
+    return time.thread_time if a.clock == "cpu" else time.perf_counter
+
+
+def _stage_breakdown(x, pw, alpha, beta, repeats, clock=time.perf_counter):
     """Median seconds per stage of one packed call (see the module docstring)."""
     from .. import packed as P
     from ..validation import activation_params, conv_params
 
     acc = {}
+    P._STAGE_CLOCK[0] = clock
     for _ in range(repeats):
-        t0 = time.perf_counter()
+        t0 = clock()
         xv = P._as_kernel_input(x, "x", 4)
         p = conv_params(xv.shape, pw.shape, 1, 1, 1, 1)
         a_c, b_c, _ = activation_params(alpha, beta, xv.shape[1])
-        t1 = time.perf_counter()
+        t1 = clock()
         st = {}
-        P._run_cpu(xv, pw, a_c, b_c, p, False, stages=st)
+        try:
+            P._run_cpu(xv, pw, a_c, b_c, p, False, stages=st)
+        finally:
+            P._STAGE_CLOCK[0] = time.perf_counter
         st["validation"] = t1 - t0
+        P._STAGE_CLOCK[0] = clock
         for k, v in st.items():
             acc.setdefault(k, []).append(v)
+    P._STAGE_CLOCK[0] = time.perf_counter
     med = {k: float(np.median(v)) for k, v in acc.items()}
     return {"validation_s": med["validation"], "layout_s": med["layout"],
             "binarize_pack_s": med["pack"], "tables_s": med["tables"],
@@ -142,17 +155,18 @@ def _layers(a, threads, torch, rng, bw):
                 fns["float64"] = lambda: adabin_conv2d(x64, w64, alpha, beta, padding=1)
                 sparse["float64"] = a.float_repeats
             y_p = fns["packed"]()
-            t = interleaved(fns, a.warmup, a.repeats, sparse=sparse)
+            t = interleaved(fns, a.warmup, a.repeats, sparse=sparse, clock=_clock(a))
             word_ops = batch * c * hw * hw * 9 * (-(-c // 64))  # N*O*OH*OW*taps*words
             binops = 2.0 * batch * c * hw * hw * c * 9
             key = (9, -(-c // 64))
             if key not in roofs:
-                roofs[key] = popcount_roofline(threads, *key)
+                roofs[key] = popcount_roofline(threads, *key, clock=_clock(a))
             roof = roofs[key]
             io = x.nbytes + y_p.nbytes
             bound = layer_bound(word_ops, io, roof, bw)
-            st = _stage_breakdown(x, pw, alpha, beta, max(3, a.repeats // 3))
-            roof = roofs[key] = max(roof, popcount_roofline(threads, *key))  # best of both
+            st = _stage_breakdown(x, pw, alpha, beta, max(3, a.repeats // 3), _clock(a))
+            # best of both probes (before and after the timings): noise only lowers a probe
+            roof = roofs[key] = max(roof, popcount_roofline(threads, *key, clock=_clock(a)))
             med = t["packed"]["median_s"]
             row = {"layer": f"{c}ch {hw}x{hw}", "channels": c, "size": hw, "batch": batch,
                    "binary_ops": binops, "word_ops": word_ops, "io_bytes": io,
@@ -194,7 +208,7 @@ def _model_row(a, torch):
         ref = tnet().numpy()
         row["prediction_agreement"] = float(np.mean(ref.argmax(1) == logits.argmax(1)))
         row["max_abs_logit_diff"] = float(np.abs(ref - logits).max())
-    t = interleaved(fns, 1, a.model_repeats)
+    t = interleaved(fns, 1, a.model_repeats, clock=_clock(a))
     row["times"] = t
     if "torch_f32" in t:
         row["speedup_vs_torch"] = t["torch_f32"]["median_s"] / t["packed"]["median_s"]
@@ -216,20 +230,24 @@ def run(args=None):
     a = _namespace(args)
     if a.threads < 1 or a.repeats < 1 or a.warmup < 0 or a.float_repeats < 0:
         raise ValueError("threads and repeats must be >= 1, warmup and float-repeats >= 0")
+    if a.clock == "cpu" and a.threads != 1:
+        raise ValueError("--clock cpu measures the calling thread only: use --threads 1")
     numba.set_num_threads(min(a.threads, numba.config.NUMBA_NUM_THREADS))
     threads = numba.get_num_threads()
     torch = None if a.no_torch else _torch(threads)
     rng = np.random.default_rng(a.seed)
-    bw = bandwidth()
+    bw = bandwidth(clock=_clock(a))
     result = {
         "machine": {"cpu": cpu_name(), "cpu_count": os.cpu_count(), "threads": threads,
                     **isa(), "numba": numba.__version__, "numpy": np.__version__,
                     "torch": None if torch is None else torch.__version__,
                     "load_average": list(os.getloadavg()) if hasattr(os, "getloadavg")
                     else None},
-        "settings": {"repeats": a.repeats, "warmup": a.warmup, "float_repeats": a.float_repeats,
+        "settings": {"clock": a.clock, "repeats": a.repeats, "warmup": a.warmup,
+                     "float_repeats": a.float_repeats,
                      "batches": list(a.batch), "dtype": "float32 in, float32 out",
-                     "timing": "interleaved round-robin; min/median/max wall-clock per call"},
+                     "timing": "interleaved round-robin; min/median/max seconds per call of the "
+                               "clock"},
         "bandwidth_bytes_per_s": bw,
         "rows": _layers(a, threads, torch, rng, bw),
     }
@@ -265,7 +283,8 @@ def format_table(result):
     lines = [f"packed AdaBin conv, float32 in/out: {m['cpu']} ({m['cpu_flags']}); numba target "
              f"{m['numba_target'][0]}/{m['numba_target'][1]}, tile {m['tile']}; "
              f"{m['threads']} thread(s); torch {m['torch']}; load {m.get('load_average')}",
-             f"bandwidth {result['bandwidth_bytes_per_s'] / 1e9:.1f} GB/s (copy, read+write)"]
+             f"clock: {result['settings']['clock']}; bandwidth "
+             f"{result['bandwidth_bytes_per_s'] / 1e9:.1f} GB/s (copy, read+write)"]
     head = (f"{'layer':>13} {'N':>2} {'packed ms':>22} {'torch32 ms':>22} {'x torch':>7} "
             f"{'one-shot ms':>22} {'x':>5} {'pop%roof':>8} {'%bound':>6} {'x@bound':>7} "
             f"{'float64 ms':>10}")

@@ -45,10 +45,12 @@ def stats(times):
     return {"min_s": min(times), "median_s": statistics.median(times), "max_s": max(times)}
 
 
-def interleaved(fns, warmup, repeats, *, sparse=None):
+def interleaved(fns, warmup, repeats, *, sparse=None, clock=time.perf_counter):
     """Round-robin timing of ``fns`` (a dict name -> callable): ``warmup`` untimed rounds,
     then ``repeats`` timed rounds, so that load from other processes hits every contender
     alike. ``sparse`` = {name: k}: that one runs only in the first ``k`` rounds (slow ones).
+    ``clock``: ``time.perf_counter`` (wall) or ``time.thread_time`` (CPU time of the calling
+    thread: with one thread per contender it is insensitive to other processes' load).
     Returns {name: stats}."""
     sparse = sparse or {}
     for _ in range(warmup):
@@ -60,7 +62,7 @@ def interleaved(fns, warmup, repeats, *, sparse=None):
         for name, fn in fns.items():
             if r >= sparse.get(name, repeats):
                 continue
-            t0 = time.perf_counter()
+            t0 = clock()
             fn()
-            times[name].append(time.perf_counter() - t0)
+            times[name].append(clock() - t0)
     return {name: stats(t) for name, t in times.items() if t}

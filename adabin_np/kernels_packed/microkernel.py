@@ -59,7 +59,8 @@ def _make_tile(P, n_vec, lanes):
         sig = types.void(xa, offs, i64t, wb, i64t, i64t, i64t, i64t, i64t, xout, i64t, aout, i64t)
 
         def codegen(context, builder, signature, args):
-            xa_, offs_, obase_, wb_, wbase_, taps_, wgm_, q0_, nq_, xout_, xbase_, aout_, abase_ = args
+            (xa_, offs_, obase_, wb_, wbase_, taps_, wgm_, q0_, nq_, xout_, xbase_, aout_,
+             abase_) = args
             ty = signature.args
             xp = context.make_array(ty[0])(context, builder, xa_).data
             op = context.make_array(ty[1])(context, builder, offs_).data
