@@ -14,7 +14,8 @@ integers are exact, floats agree to rounding):
 
 * ``client=None, scheduler=None``: one process, chunks in order;
 * ``scheduler="local"``: a ``dask.distributed.LocalCluster`` of ``n_workers`` processes (default:
-  one per CPU) with one thread each, shut down afterwards;
+  one per CPU) with one thread each (Numba threads per task: CPUs // workers, set with
+  ``numba.set_num_threads``), shut down afterwards;
 * ``scheduler="tcp://HOST:PORT"``: an existing dask cluster (file inputs must be readable at the
   same path on the workers; arrays are sent chunk by chunk);
 * ``client=``: an existing ``dask.distributed.Client``.
@@ -143,7 +144,11 @@ def _thread_model(model, token):
     return cache[token]
 
 
-def _task(model, token, source, raw, y, start, stop, specs, packed, device):
+def _task(model, token, source, raw, y, start, stop, specs, packed, device, numba_threads):
+    if numba_threads is not None:  # per calling thread; never through NUMBA_NUM_THREADS (a
+        import numba               # changed variable makes Numba's next compile raise)
+
+        numba.set_num_threads(max(1, min(numba_threads, numba.config.NUMBA_NUM_THREADS)))
     if raw is None:
         raw = source.read(start, stop)
     x = source.prepare(raw, start)
@@ -190,10 +195,8 @@ def make_client(scheduler, n_workers=None):
         raise ImportError(f"scheduler={scheduler!r} needs dask.distributed ({exc})") from None
     if scheduler == "local":
         n = n_workers or max(1, os.cpu_count() or 1)
-        threads = str(max(1, (os.cpu_count() or 1) // n))
         cluster = LocalCluster(n_workers=n, threads_per_worker=1, processes=True,
-                               dashboard_address=":0",
-                               env={"NUMBA_NUM_THREADS": threads, "OMP_NUM_THREADS": threads})
+                               dashboard_address=":0")
         return Client(cluster), cluster
     return Client(check_scheduler(scheduler)), None
 
@@ -231,7 +234,8 @@ def _run_local(model, source, labels, bounds, specs, packed, device, bar):
     return total
 
 
-def _run_dask(client, model, source, labels, bounds, specs, packed, device, bar):
+def _run_dask(client, model, source, labels, bounds, specs, packed, device, bar,
+              numba_threads=None):
     from dask.distributed import as_completed
 
     token = uuid.uuid4().hex
@@ -254,7 +258,7 @@ def _run_dask(client, model, source, labels, bounds, specs, packed, device, bar)
         else:
             raw = source.read(start, stop)
         return client.submit(_task, model_f, token, src_f, raw, y, start, stop, specs_f, packed,
-                             device, pure=False)
+                             device, numba_threads, pure=False)
 
     pending = list(bounds)
     ac = as_completed()
@@ -372,8 +376,11 @@ def analyze_model(model, inputs, *, labels=None, out_dir=None, name="model", con
             total = _run_local(model, source, label_reader, bounds, specs, packed, device, bar)
             sched, workers, threads = "none", 1, 1
         else:
+            # LocalCluster: the CPUs shared out among the single-threaded workers
+            per = (max(1, (os.cpu_count() or 1) // len(client.nthreads()))
+                   if scheduler == "local" else None)
             total = _run_dask(client, model, source, label_reader, bounds, specs, packed, device,
-                              bar)
+                              bar, per)
             sched = scheduler if scheduler is not None else "client"
             nthreads = client.nthreads()
             workers, threads = len(nthreads), sum(nthreads.values())
