@@ -275,28 +275,32 @@ def bconv_forward(xa, h_, w_, out_h, wtb, variant, tp, wgm, g_w0, og, seg_w0, se
                     ybase = oh * out_w
                     if multi:
                         for ow in range(out_w):
-                            pix = pbase + ow
+                            pix = np.uint64(pbase) + np.uint64(ow)
                             vbuf[ow] = brow[rc, o, ow] + d_w * facc[pix, jj] + c_w * qa[pix]
                     else:
                         # one expression per element, plain indexing (a Numba view would cost
                         # an atomic reference count per row); |krow - 2X| = |N - 2 X^P| <= N <
                         # 2**31: exact in int32
                         if not fused:
-                            for ow in range(out_w):
-                                y[n, o, ybase + ow] = brow[rc, o, ow] + d_w * (da0 * np.int32(
-                                    krow[rc, o, ow] - 2 * xt[jj, pbase + ow])) \
-                                    + c_w * qa[pbase + ow]
+                            # unsigned indices: no negative-index wraparound code, so the loop
+                            # vectorises
+                            ub = np.uint64(ybase)
+                            up = np.uint64(pbase)
+                            for uo in range(np.uint64(out_w)):
+                                y[n, o, ub + uo] = brow[rc, o, uo] + d_w * (da0 * np.int32(
+                                    krow[rc, o, uo] - 2 * xt[jj, up + uo])) + c_w * qa[up + uo]
                             continue
                         for ow in range(out_w):
+                            up = np.uint64(pbase) + np.uint64(ow)
                             vbuf[ow] = brow[rc, o, ow] + d_w * (da0 * np.int32(
-                                krow[rc, o, ow] - 2 * xt[jj, pbase + ow])) + c_w * qa[pbase + ow]
+                                krow[rc, o, ow] - 2 * xt[jj, up])) + c_w * qa[up]
                     if not fused:
                         for ow in range(out_w):
-                            y[n, o, ybase + ow] = vbuf[ow]
+                            y[n, o, np.uint64(ybase) + np.uint64(ow)] = vbuf[ow]
                         continue
                     if has_res:
                         for ow in range(out_w):
-                            vbuf[ow] += res[n, o, ybase + ow]
+                            vbuf[ow] += res[n, o, np.uint64(ybase) + np.uint64(ow)]
                     if has_mo:
                         mp = mo_p[o]
                         mq = mo_q[o]
@@ -304,7 +308,7 @@ def bconv_forward(xa, h_, w_, out_h, wtb, variant, tp, wgm, g_w0, og, seg_w0, se
                             v = vbuf[ow]
                             vbuf[ow] = mp * v if v > 0.0 else mq * v
                     for ow in range(out_w):
-                        y[n, o, ybase + ow] = vbuf[ow]
+                        y[n, o, np.uint64(ybase) + np.uint64(ow)] = vbuf[ow]
     return y
 
 
