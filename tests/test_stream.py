@@ -166,6 +166,11 @@ def test_local_cluster_equals_one_process(digits, tmp_path):
     with distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                   dashboard_address=":0") as cluster, \
             distributed.Client(cluster) as client:
+        from adabin_np.distributions.stream import numba_threads_per_task
+
+        # two workers on this host share its CPUs (no Numba oversubscription)
+        share = max(1, (os.cpu_count() or 1) // 2)
+        assert numba_threads_per_task(client) == {a: share for a in client.nthreads()}
         got = _run(model, x, labels=y, chunk_size=5, client=client)  # arrays: sent per chunk
         assert got["run"]["workers"] == 2
         _close(_strip(got), _strip(ref))
@@ -254,3 +259,32 @@ def test_cli_streamed_analyze(tmp_path, capsys):
         main(["analyze", "--chunk-size", "0"])
     with pytest.raises(SystemExit):
         main(["analyze", "--scheduler", "somewhere"])
+
+
+def _compile_fresh_kernel():
+    import numba
+
+    return numba.njit(lambda a: a + 1)(41)  # a kernel that no cache holds: Numba compiles
+
+
+def test_scheduler_local_workers_can_compile(digits):
+    """scheduler="local": same summary; its workers may compile kernels after their Numba
+    threads started (a changed NUMBA_NUM_THREADS in the worker environment made that raise)."""
+    pytest.importorskip("dask.distributed")
+    from adabin_np.distributions.stream import make_client
+
+    model, x, y = digits
+    x, y = x[:12], y[:12]
+    ref = _run(model, x, labels=y, chunk_size=12)
+    got = _run(model, x, labels=y, chunk_size=4, scheduler="local", n_workers=2)
+    assert got["run"]["scheduler"] == "local" and got["run"]["workers"] == 2
+    _close(_strip(got), _strip(ref))
+    client, cluster = make_client("local", 2)
+    try:
+        import numba
+
+        client.run(numba.set_num_threads, 1)  # threads launched, as after a first task
+        assert client.submit(_compile_fresh_kernel, pure=False).result() == 42
+    finally:
+        client.close()
+        cluster.close()

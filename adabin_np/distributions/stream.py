@@ -14,13 +14,14 @@ integers are exact, floats agree to rounding):
 
 * ``client=None, scheduler=None``: one process, chunks in order;
 * ``scheduler="local"``: a ``dask.distributed.LocalCluster`` of ``n_workers`` processes (default:
-  one per CPU) with one thread each (Numba threads per task: CPUs // workers, set with
-  ``numba.set_num_threads``), shut down afterwards;
+  one per CPU) with one thread each, shut down afterwards;
 * ``scheduler="tcp://HOST:PORT"``: an existing dask cluster (file inputs must be readable at the
   same path on the workers; arrays are sent chunk by chunk);
 * ``client=``: an existing ``dask.distributed.Client``.
 
-At most ``2 x threads + 1`` chunks are in flight at a time. A tqdm bar counts finished chunks in
+At most ``2 x threads + 1`` chunks are in flight at a time. Each task sets its Numba threads
+(``numba.set_num_threads``) to its host's CPUs divided by the task threads of all workers on
+that host (:func:`numba_threads_per_task`), so workers sharing a machine do not oversubscribe it. A tqdm bar counts finished chunks in
 every mode.
 """
 
@@ -145,10 +146,13 @@ def _thread_model(model, token):
 
 
 def _task(model, token, source, raw, y, start, stop, specs, packed, device, numba_threads):
-    if numba_threads is not None:  # per calling thread; never through NUMBA_NUM_THREADS (a
-        import numba               # changed variable makes Numba's next compile raise)
+    if numba_threads:  # per calling thread; never through NUMBA_NUM_THREADS (a changed
+        import numba   # variable makes Numba's next compile raise)
+        from distributed import get_worker
 
-        numba.set_num_threads(max(1, min(numba_threads, numba.config.NUMBA_NUM_THREADS)))
+        k = numba_threads.get(get_worker().address)
+        if k:
+            numba.set_num_threads(max(1, min(k, numba.config.NUMBA_NUM_THREADS)))
     if raw is None:
         raw = source.read(start, stop)
     x = source.prepare(raw, start)
@@ -234,12 +238,26 @@ def _run_local(model, source, labels, bounds, specs, packed, device, bar):
     return total
 
 
-def _run_dask(client, model, source, labels, bounds, specs, packed, device, bar,
-              numba_threads=None):
+def numba_threads_per_task(client):
+    """``{worker address: Numba threads per task}``: each host's CPUs shared out among the
+    task threads of the workers on it (no oversubscription when several workers share a
+    machine, as in a LocalCluster)."""
+    nthreads = client.nthreads()
+    cpus = client.run(os.cpu_count)
+    hosts = {}
+    for addr, n in nthreads.items():
+        host = addr.rsplit(":", 1)[0]
+        hosts[host] = hosts.get(host, 0) + n
+    return {addr: max(1, (cpus.get(addr) or 1) // hosts[addr.rsplit(":", 1)[0]])
+            for addr in nthreads}
+
+
+def _run_dask(client, model, source, labels, bounds, specs, packed, device, bar):
     from dask.distributed import as_completed
 
     token = uuid.uuid4().hex
     threads = sum(client.nthreads().values()) or 1
+    numba_threads = numba_threads_per_task(client)
     window = 2 * threads + 1
     model_f = client.scatter(model, broadcast=True)
     specs_f = client.scatter(specs, broadcast=True)
@@ -376,11 +394,8 @@ def analyze_model(model, inputs, *, labels=None, out_dir=None, name="model", con
             total = _run_local(model, source, label_reader, bounds, specs, packed, device, bar)
             sched, workers, threads = "none", 1, 1
         else:
-            # LocalCluster: the CPUs shared out among the single-threaded workers
-            per = (max(1, (os.cpu_count() or 1) // len(client.nthreads()))
-                   if scheduler == "local" else None)
             total = _run_dask(client, model, source, label_reader, bounds, specs, packed, device,
-                              bar, per)
+                              bar)
             sched = scheduler if scheduler is not None else "client"
             nthreads = client.nthreads()
             workers, threads = len(nthreads), sum(nthreads.values())
