@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import os
 import pickle
+import warnings
 import zipfile
 from collections import OrderedDict
 from pathlib import Path
@@ -582,3 +583,20 @@ def test_large_genuine_checkpoint_is_within_the_limits(tmp_path):
                                      "epoch": 3}, legacy)
         ref = torch.load(path, weights_only=True)["model"]
         assert_same(load_checkpoint(path), {k: v.numpy() for k, v in ref.items()})
+
+
+@pytest.mark.parametrize("protocol", [2, 3, 4, 5])
+@pytest.mark.parametrize("legacy", [False, True], ids=["zip", "legacy"])
+def test_torch_pickle_protocols(tmp_path, protocol, legacy):
+    """torch.save(pickle_protocol=4/5) uses FRAME, MEMOIZE, STACK_GLOBAL, which torch's own
+    weights_only loader refuses; the VM reads them (reference: torch.load of our own file)."""
+    torch = pytest.importorskip("torch")
+    g = torch.Generator().manual_seed(protocol)
+    sd = {"a": torch.randn(3, 4, generator=g), "b": torch.arange(5),
+          "c": torch.randn(2, generator=g).bfloat16(), "t": torch.randn(2, 3, generator=g).t()}
+    path = tmp_path / "p.pt"
+    torch.save(sd, path, pickle_protocol=protocol, _use_new_zipfile_serialization=not legacy)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ref = torch.load(path, weights_only=False)  # a file this test just wrote
+    assert_same(load_checkpoint(path), {k: to_numpy(v) for k, v in ref.items()})
