@@ -69,7 +69,7 @@ def _interpreter(flatbuffer, threads):
     return Interpreter(flatbuffer, num_threads=threads).interpreter
 
 
-def run(threads, batches, repeats, warmup):
+def run(threads, batches, repeats, warmup, clock=time.perf_counter):
     import larq_compute_engine as lce
 
     rows = []
@@ -88,9 +88,9 @@ def run(threads, batches, repeats, warmup):
                 call()
             ts = []
             for _ in range(repeats):
-                t0 = time.perf_counter()
+                t0 = clock()
                 call()
-                ts.append(time.perf_counter() - t0)
+                ts.append(clock() - t0)
             rows.append({"layer": f"{c}ch {hw}x{hw}", "channels": c, "size": hw, "batch": batch,
                          "lce": {"min_s": min(ts), "median_s": statistics.median(ts),
                                  "max_s": max(ts)}})
@@ -105,12 +105,18 @@ def main(argv=None):
     ap.add_argument("--batch", type=int, nargs="+", default=[1, 8])
     ap.add_argument("--repeats", type=int, default=15)
     ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--clock", choices=("wall", "cpu"), default="wall",
+                    help="cpu: CPU time of the calling thread (needs --threads 1), as "
+                         "`adabin-np bench --clock cpu`")
     ap.add_argument("--out", type=Path, default=HERE / "results" / "bench_lce.json")
     a = ap.parse_args(argv)
     import larq_compute_engine as lce
     import tensorflow as tf
 
-    rows = run(a.threads, a.batch, a.repeats, a.warmup)
+    if a.clock == "cpu" and a.threads != 1:
+        ap.error("--clock cpu needs --threads 1")
+    rows = run(a.threads, a.batch, a.repeats, a.warmup,
+               time.thread_time if a.clock == "cpu" else time.perf_counter)
     packed = HERE / "results" / "bench_packed.json"
     if packed.exists():
         ref = {(r["channels"], r["batch"]): r for r in json.loads(packed.read_text())["rows"]}
@@ -125,7 +131,7 @@ def main(argv=None):
     result = {"machine": {"cpu": _cpu_name(), "threads": a.threads,
                           "load_average": list(os.getloadavg())},
               "versions": {"larq_compute_engine": lce.__version__, "tensorflow": tf.__version__},
-              "settings": {"repeats": a.repeats, "warmup": a.warmup,
+              "settings": {"clock": a.clock, "repeats": a.repeats, "warmup": a.warmup,
                            "dtype": "float32 NHWC in, float32 out (QuantConv2D ste_sign)",
                            "call": "wrapped TFLite interpreter, whole batch per invoke"},
               "rows": rows}

@@ -236,6 +236,22 @@ def run(args=None):
     threads = numba.get_num_threads()
     torch = None if a.no_torch else _torch(threads)
     rng = np.random.default_rng(a.seed)
+    try:  # NumPy's BLAS (the whole-model row's real layers) on the same number of threads
+        import threadpoolctl
+
+        blas_limit = threadpoolctl.threadpool_limits(threads, user_api="blas")
+    except ImportError:
+        blas_limit = None
+    try:
+        return _run(a, threads, torch, rng)
+    finally:
+        if blas_limit is not None:
+            blas_limit.unregister()
+
+
+def _run(a, threads, torch, rng):
+    import numba
+
     bw = bandwidth(clock=_clock(a))
     result = {
         "machine": {"cpu": cpu_name(), "cpu_count": os.cpu_count(), "threads": threads,
