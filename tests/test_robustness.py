@@ -360,7 +360,10 @@ def test_layout_and_dtype_give_the_contiguous_float64_result(fname, transform):
             reference[arg] = np.ascontiguousarray(value, dtype=np.float64)
             value = LAYOUTS[transform](value)
         changed[arg] = value
-    _same(_result(fname, changed), _result(fname, reference))
+    got, want = _result(fname, changed), _result(fname, reference)
+    if transform == "float32" and fname in ("packed_adabin_conv2d", "packed_linear"):
+        want = want.astype(np.float32)  # packed path: float32 in -> float32 out (issue 12)
+    _same(got, want)
 
 
 def test_scalar_parameter_types_are_equivalent():
