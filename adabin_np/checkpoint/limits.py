@@ -13,9 +13,9 @@ Every limit is checked *before* the work or memory it bounds is spent:
 * ``max_ops`` -- pickle opcodes per file (all pickles of a legacy file together), 500,000,
   with calls and sets weighted (see :mod:`.pickle_vm`). ``torch.save`` spends about 60
   weighted opcodes per tensor (a model of 2,000 parameter tensors saved with its Adam
-  state, 6,000 tensors in all: 363,000), so this admits ~8,000 tensors while bounding the pure-Python VM's time (about
-  1 s for the most expensive opcode mix on the 2-core development VM) and memory (about
-  100 MB).
+  state, 6,000 tensors in all: 363,000), so this admits ~8,000 tensors while bounding the pure-Python VM's time (0.2 s
+  for the most expensive opcode mix on the 2-core development VM, ~1 s when it is heavily
+  loaded) and memory (well under 100 MB).
   The opcode count is also the object count and bounds every container's size: each element
   of a list, tuple, dict or set costs at least one opcode.
 * ``max_depth`` -- MARK nesting and tuple-in-tuple nesting, 1,000.
