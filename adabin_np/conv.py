@@ -235,8 +235,57 @@ def _levels(alpha_c, beta_c, wa, wbeta, seg_first, official):
         return act[None, :, :, None] * wl[:, None, None, :]                 # (O, S, 3, 3)
 
 
+# the common case (one activation set per group, no zero level, finite level products) takes
+# its integer sums from the bit-packed XOR/popcount kernel; tests switch this off to check that
+# both routes give bit-identical results
+USE_PACKED_COUNTS = True
+
+
+def _forward_from_packed_counts(x, w, alpha_c, beta_c, p, official):
+    """The forward of :func:`_adabin_forward` from :func:`adabin_np.packed.packed_conv_counts`.
+
+    Returns ``None`` where that route does not apply: several activation sets in one group,
+    a zero level (``official`` ties ``x == beta`` or ``W == beta_w``), a constant filter,
+    level products that overflow, or weight sets of the packed weights that differ in any bit
+    from the elementwise path's (they agree for every normal-range weight). Otherwise the
+    counts are the same exact integers the GEMM route computes, combined in the same order:
+    bit-identical results.
+    """
+    from .packed import _run_cpu, pack_weights  # packed imports this module
+
+    n_, c_, _, _ = x.shape
+    o_ = w.shape[0]
+    groups = p.groups
+    cg = c_ // groups
+    a_g = alpha_c.reshape(groups, cg)
+    b_g = beta_c.reshape(groups, cg)
+    if np.any(a_g != a_g[:, :1]) or np.any(b_g != b_g[:, :1]):
+        return None
+    w2 = w.reshape(o_, -1)
+    wa, wbeta = _k.weight_stats(w2)
+    if np.any(wa == 0.0):
+        return None
+    if official and (np.any(x == beta_c[None, :, None, None])
+                     or np.any(w2 == wbeta[:, None])):
+        return None
+    prods = _levels(alpha_c, beta_c, wa, wbeta, np.arange(groups) * cg, official)
+    if not np.all(np.isfinite(prods)):
+        return None
+    pw = pack_weights(w)
+    if not (np.array_equal(pw.alpha, wa) and np.array_equal(pw.beta, wbeta)):
+        return None
+    counts = _run_cpu(x, pw, alpha_c, beta_c, p, False, raw=True)
+    y = np.empty((n_, o_, p.out_h, p.out_w))
+    return _kf.combine_packed_counts(counts.sum_aw, counts.sum_a, counts.sum_w,
+                                     counts.n_valid, prods, o_ // groups, y)
+
+
 def _adabin_forward(x, w, alpha_c, beta_c, p, official):
     """AdaBin conv forward through exact integer counts (see :mod:`adabin_np.kernels_float`)."""
+    if USE_PACKED_COUNTS:
+        y = _forward_from_packed_counts(x, w, alpha_c, beta_c, p, official)
+        if y is not None:
+            return y
     n_, c_, h_, w_ = x.shape
     o_, cg, kh, kw = w.shape
     groups = p.groups

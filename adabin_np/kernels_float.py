@@ -522,3 +522,44 @@ def unpad_nchw(xp, n0, ph, pw, out):
             for w in range(w_):
                 out[n0 + m, c, h, w] = xp[m, ph + h, pw + w, c]
     return out
+
+
+# ----------------------------------------------------------------------------------------------
+# forward from the bit-packed kernel's exact integer sums (one activation set per group)
+# ----------------------------------------------------------------------------------------------
+
+
+@njit(cache=True, parallel=True)
+def combine_packed_counts(sum_aw, sum_a, sum_w, n_valid, prods, og, y):
+    """``y[n, o] = ((P++ c++ + P+- c+-) + P-+ c-+) + P-- c--`` from the packed kernel's sums.
+
+    ``sum_aw = sum_P s_a s_w`` (N, O, OH, OW), ``sum_a = sum_P s_a`` (N, groups, OH, OW),
+    ``sum_w = sum_P s_w`` (O, OH, OW), ``n_valid`` (OH, OW): exact integers over the valid taps
+    (channels x taps in bounds) of each output. The pair counts follow as
+    ``c++ = (N + S_aw + S_a + S_w)/4`` etc. (exact: each is an integer held in float64), and
+    the four terms are added in the order of :func:`combine_counts` for one segment, with the
+    same level products ``prods[o, g]`` (one segment per group ``g``), so the result is bit-identical to that path.
+    """
+    n_, o_, out_h, out_w = y.shape
+    for task in prange(n_ * o_):
+        n = task // o_
+        o = task % o_
+        g = o // og
+        pr = prods[o, g]  # segment g: the activation set of group g
+        p00 = pr[0, 0]
+        p01 = pr[0, 1]
+        p10 = pr[1, 0]
+        p11 = pr[1, 1]
+        for oh in range(out_h):
+            for ow in range(out_w):
+                nv = float(n_valid[oh, ow])
+                s_ss = float(sum_aw[n, o, oh, ow])
+                s_sa = float(sum_a[n, g, oh, ow])
+                s_as = float(sum_w[o, oh, ow])
+                c_pp = (nv + s_ss + s_sa + s_as) * 0.25
+                c_pm = (nv - s_ss + s_sa - s_as) * 0.25
+                c_mp = (nv - s_ss - s_sa + s_as) * 0.25
+                c_mm = (nv + s_ss - s_sa - s_as) * 0.25
+                y[n, o, oh, ow] = 0.0 + (((p00 * c_pp + p01 * c_pm) + p10 * c_mp)
+                                         + p11 * c_mm)
+    return y

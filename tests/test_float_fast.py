@@ -351,3 +351,52 @@ def test_bench_float_smoke():
         assert 0 < row[key]["min_s"] <= row[key]["median_s"] <= row[key]["max_s"]
     table = bench_float.format_table(result)
     assert "8x64x16x16" in table and result["machine"]["cpu"] in table
+
+
+# ----------------------------------------------------------------------------------------------
+# the two routes of the forward: integer sums from the bit-packed kernel vs the sign GEMMs
+# ----------------------------------------------------------------------------------------------
+
+
+def test_packed_count_route_is_bit_identical_to_the_gemm_route(monkeypatch):
+    """The common case takes its integer sums from the packed XOR/popcount kernel; every
+    result (sign of zero included) equals the sign-GEMM route's bit for bit, and the packed
+    route is really taken in most of these cases (ties and constant filters fall back)."""
+    import adabin_np.conv as conv_mod
+
+    rng = np.random.default_rng(20261129)
+    taken = []
+    original = conv_mod._forward_from_packed_counts
+
+    def spy(*args):
+        y = original(*args)
+        taken.append(y is not None)
+        return y
+
+    monkeypatch.setattr(conv_mod, "_forward_from_packed_counts", spy)
+    for trial in range(120):
+        groups = int(rng.choice([1, 2]))
+        cg, og, k = (int(v) for v in rng.integers(1, [5, 4, 4]))
+        h = int(rng.integers(k, 8))
+        stride, pad, dil = int(rng.integers(1, 3)), int(rng.integers(0, 3)), int(rng.integers(1, 3))
+        if dil * (k - 1) + 1 > h + 2 * pad:
+            continue
+        x = rng.normal(size=(int(rng.integers(1, 3)), cg * groups, h, h))
+        w = rng.normal(size=(og * groups, cg, k, k))
+        if trial % 4 == 0:
+            x = np.round(2 * x) / 2          # exact ties x == beta for beta in {0, 0.5}
+        alpha = float(rng.choice([0.7, -0.5, 1.3]))
+        beta = float(rng.choice([0.0, 0.5, -0.25]))
+        if trial % 3 == 1:  # one set per group, different across groups: still one route
+            alpha = np.repeat(rng.choice([0.7, -0.5, 1.3], size=groups), cg)
+            beta = np.repeat(rng.choice([0.0, 0.5, -0.25], size=groups), cg)
+        for convention in ("paper", "official"):
+            kw = dict(stride=stride, padding=pad, dilation=dil, groups=groups,
+                      convention=convention)
+            monkeypatch.setattr(conv_mod, "USE_PACKED_COUNTS", True)
+            y_packed = ab.adabin_conv2d(x, w, alpha, beta, **kw)
+            monkeypatch.setattr(conv_mod, "USE_PACKED_COUNTS", False)
+            y_gemm = ab.adabin_conv2d(x, w, alpha, beta, **kw)
+            np.testing.assert_array_equal(y_packed, y_gemm)
+            np.testing.assert_array_equal(np.signbit(y_packed), np.signbit(y_gemm))
+    assert sum(taken) > len(taken) // 2
