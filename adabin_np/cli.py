@@ -106,7 +106,7 @@ def _add_debug(p, default):
 
 def _add_model_source(p, what):
     p.add_argument("checkpoint", nargs="?", type=Path, default=None,
-                   help=f"weights to {what} (.th/.pth/.npz); default: the embedded digits model")
+                   help=f"weights to {what} (.th/.pth/.npz/.safetensors); default: the embedded digits model")
     p.add_argument("--model", type=Path, default=None, metavar="PATH",
                    help="digits weights written by `adabin-np train` (instead of CHECKPOINT)")
     p.add_argument("--arch", choices=ARCHS, default=None,
@@ -264,17 +264,17 @@ def _read_checkpoint(path):
 
     path = Path(path)
     if not path.exists():
-        raise UsageError(f"{path}: no such file; pass the path of a checkpoint (.th/.pth/.npz)")
+        raise UsageError(f"{path}: no such file; pass the path of a checkpoint (.th/.pth/.npz/.safetensors)")
     if path.is_dir():
-        raise UsageError(f"{path} is a directory; pass a checkpoint file (.th/.pth/.npz)")
+        raise UsageError(f"{path} is a directory; pass a checkpoint file (.th/.pth/.npz/.safetensors)")
     try:
         state = load_checkpoint(path)
     except ValueError as exc:
         first = _first_line(exc)
         if str(path) not in first:
             first = f"{path}: {first}"
-        raise UsageError(f"{first}; pass a PyTorch .th/.pth checkpoint or an .npz of "
-                         f"arrays") from exc
+        raise UsageError(f"{first}; pass a PyTorch .th/.pth checkpoint, a .safetensors file "
+                         f"or an .npz of arrays") from exc
     return split_metadata(state)
 
 
