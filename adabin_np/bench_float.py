@@ -28,11 +28,10 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import platform
-import statistics
-import time
 
 import numpy as np
+
+from .bench.timing import cpu_flags, cpu_name, interleaved
 
 __all__ = ["SHAPES", "add_arguments", "run", "format_table", "plot", "main"]
 
@@ -65,54 +64,12 @@ def _namespace(args):
     return parser.parse_args([] if args is None else list(args))
 
 
-def _cpu_name():
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _cpu_flags():
-    try:
-        with open("/proc/cpuinfo") as fh:
-            for line in fh:
-                if line.startswith("flags"):
-                    flags = line.split(":", 1)[1].split()
-                    keep = [f for f in flags if f.startswith("avx")]
-                    return " ".join(sorted(keep))
-    except OSError:
-        pass
-    return ""
-
-
 def _loadavg():
     """1-minute load average (a shared machine's other load shows up here), or None."""
     try:
         return os.getloadavg()[0]
     except (AttributeError, OSError):
         return None
-
-
-def _stats(times):
-    return {"min_s": min(times), "median_s": statistics.median(times), "max_s": max(times)}
-
-
-def _interleaved(fns, warmup, repeats):
-    """Round-robin timing: returns one list of per-call seconds per function."""
-    for _ in range(warmup):
-        for fn in fns:
-            fn()
-    times = [[] for _ in fns]
-    for _ in range(repeats):
-        for i, fn in enumerate(fns):
-            t0 = time.perf_counter()
-            fn()
-            times[i].append(time.perf_counter() - t0)
-    return times
 
 
 def _torch_fns(torch, x, w, gy):
@@ -202,7 +159,7 @@ def run(args=None):
             torch = None
     threads, blas_limit = _set_threads(a.threads, torch)
     result = {
-        "machine": {"cpu": _cpu_name(), "isa": _cpu_flags(), "cpu_count": os.cpu_count(),
+        "machine": {"cpu": cpu_name(), "isa": cpu_flags(), "cpu_count": os.cpu_count(),
                     "threads": threads, "numba": numba.__version__, "numpy": np.__version__,
                     "torch": None if torch is None else torch.__version__},
         "settings": {"repeats": a.repeats, "warmup": a.warmup, "alpha": _ALPHA, "beta": _BETA,
@@ -219,18 +176,13 @@ def run(args=None):
             x = rng.standard_normal(shape)
             w = rng.standard_normal((c, c, 3, 3))
             gy = rng.standard_normal((n, c, h, wd))
-            fns = [lambda: adabin_conv2d(x, w, _ALPHA, _BETA, padding=1),
-                   lambda: adabin_conv2d_grad(x, w, _ALPHA, _BETA, gy, padding=1)]
-            names = ["oracle_fwd", "oracle_grad"]
+            fns = {"oracle_fwd": lambda: adabin_conv2d(x, w, _ALPHA, _BETA, padding=1),
+                   "oracle_grad": lambda: adabin_conv2d_grad(x, w, _ALPHA, _BETA, gy, padding=1)}
             if torch is not None:
-                tf, tfb = _torch_fns(torch, x, w, gy)
-                fns += [tf, tfb]
-                names += ["torch_fwd", "torch_fwd_bwd"]
-            times = _interleaved(fns, a.warmup, a.repeats)
+                fns["torch_fwd"], fns["torch_fwd_bwd"] = _torch_fns(torch, x, w, gy)
             row = {"shape": list(shape), "w_shape": [c, c, 3, 3],
                    "macs": n * c * h * wd * c * 9}
-            for name, ts in zip(names, times):
-                row[name] = _stats(ts)
+            row.update(interleaved(fns, a.warmup, a.repeats))
             if torch is not None:
                 row["fwd_speedup"] = row["torch_fwd"]["median_s"] / row["oracle_fwd"]["median_s"]
                 row["grad_ratio"] = (row["oracle_grad"]["median_s"]

@@ -6,7 +6,7 @@ import platform
 import statistics
 import time
 
-__all__ = ["cpu_name", "isa", "interleaved", "stats"]
+__all__ = ["cpu_name", "cpu_flags", "isa", "interleaved", "stats"]
 
 
 def cpu_name():
@@ -21,22 +21,25 @@ def cpu_name():
     return platform.processor() or platform.machine()
 
 
-def isa():
-    """``{"cpu_flags": ..., "numba_target": (name, isa), "tile": name}``: what the CPU offers
-    and what Numba compiles the packed kernels for."""
-    from ..kernels_packed import TILES, select_tile, target_cpu
-
-    flags = ""
+def cpu_flags():
+    """The CPU's vector-ISA flags (``avx*`` and ``popcnt``) from ``/proc/cpuinfo``, sorted."""
     try:
         with open("/proc/cpuinfo") as fh:
             for line in fh:
                 if line.startswith("flags"):
                     fl = line.split(":", 1)[1].split()
-                    flags = " ".join(sorted(f for f in fl if f.startswith("avx") or f == "popcnt"))
-                    break
+                    return " ".join(sorted(f for f in fl if f.startswith("avx") or f == "popcnt"))
     except OSError:
         pass
-    return {"cpu_flags": flags, "numba_target": list(target_cpu()),
+    return ""
+
+
+def isa():
+    """``{"cpu_flags": ..., "numba_target": (name, isa), "tile": name}``: what the CPU offers
+    and what Numba compiles the packed kernels for."""
+    from ..kernels_packed import TILES, select_tile, target_cpu
+
+    return {"cpu_flags": cpu_flags(), "numba_target": list(target_cpu()),
             "tile": TILES[select_tile()[0]][0]}
 
 

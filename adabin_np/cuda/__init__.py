@@ -23,7 +23,8 @@ processes, a user must upgrade numba-cuda or use NumPy < 2.5.
 
 from __future__ import annotations
 
-from .host import (
+from . import host
+from .host import (  # noqa: F401  -- re-exported: host.__all__
     TARGET_BLOCKS,
     binarize_activations_cuda,
     binarize_activations_grad_cuda,
@@ -40,20 +41,4 @@ from .host import (
 )
 from .report import kernel_signatures, ptx_report
 
-__all__ = [
-    "is_available",
-    "is_simulator",
-    "binarize_activations_cuda",
-    "binarize_activations_grad_cuda",
-    "weight_binary_set_cuda",
-    "binarize_weights_cuda",
-    "binarize_weights_grad_cuda",
-    "pack_bits_cuda",
-    "pack_weight_bits_cuda",
-    "packed_adabin_conv2d_cuda",
-    "ptx_report",
-    "kernel_signatures",
-    "conv_geometry",
-    "theoretical_occupancy",
-    "TARGET_BLOCKS",
-]
+__all__ = [*host.__all__, "ptx_report", "kernel_signatures"]
