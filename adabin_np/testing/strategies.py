@@ -167,7 +167,7 @@ def weights(shape, kind=None, *, dtype=np.float64):
     shrinks to small shapes *and* simple values. ``kind`` (a name, a list of names,
     ``"realistic"``, ``"degenerate"`` or None for all): realistic ``"gaussian"``,
     ``"laplace"``, ``"uniform"`` (scale ~0.1), ``"trained"`` (per-channel scales over three
-    decades, offsets, heavy tails); degenerate ``"constant"`` (constant filters next to
+    decades -- one for float16 --, offsets, heavy tails); degenerate ``"constant"`` (constant filters next to
     ordinary ones), ``"zero"``, ``"one_hot"`` (one non-zero per filter), ``"ties"`` (dyadic
     weights exactly at the channel mean, exact in every dtype), ``"huge"``/``"tiny"``
     (scales 1e6..1e30 / 1e-6..1e-30; 1e2..1e4 / 1e-2..1e-4 for float16). ``dtype``
@@ -204,8 +204,10 @@ def weights(shape, kind=None, *, dtype=np.float64):
             scale = {"gaussian": 0.1, "laplace": 0.05, "uniform": 0.2}[k]
             w = _tail(draw(_unit_arrays(st, shp)), scale, k) + scale * _ramp(o, inner)
         elif k == "trained":
-            # per-channel scales over three decades, small offsets, heavy (Laplace) tails
-            scale = 10.0 ** (-3.0 * np.abs(draw(_unit_arrays(st, (o,)))))
+            # per-channel scales over three decades (one for float16, whose squares of 1e-3
+            # weights underflow to subnormals), small offsets, heavy (Laplace) tails
+            decades = 1.0 if dtype == "float16" else 3.0
+            scale = 10.0 ** (-decades * np.abs(draw(_unit_arrays(st, (o,)))))
             shift = 0.3 * draw(_unit_arrays(st, (o,)))
             w = (_tail(draw(_unit_arrays(st, shp)), 1.0, "laplace") + _ramp(o, inner)
                  + shift.reshape(chan)) * scale.reshape(chan)
