@@ -119,3 +119,24 @@ def test_embedded_digits_model_packed_predictions_equal_float():
     np.testing.assert_allclose(m(x, packed=True), f, rtol=0, atol=1e-11 * _scale(f))
     assert np.array_equal(m(x.astype(np.float32), packed=True).argmax(1),
                           m(x.astype(np.float32).astype(np.float64)).argmax(1))
+
+
+@pytest.mark.parametrize("h, w, k, s, pad", [(112, 112, 3, 2, 1), (7, 9, 3, 2, 1), (5, 5, 2, 2, 0),
+                                             (8, 8, 3, 1, 1), (6, 7, 3, 3, 1), (10, 11, 5, 2, 2)])
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_plan_maxpool_equals_a_direct_window_max(h, w, k, s, pad, dtype):
+    """The separable max pool of the plans against the definition (every window, padded taps
+    excluded), bit for bit."""
+    from adabin_np.inference import _maxpool
+
+    x = np.random.default_rng(h * w + k).normal(size=(2, 3, h, w)).astype(dtype)
+    oh, ow = (h + 2 * pad - k) // s + 1, (w + 2 * pad - k) // s + 1
+    want = np.empty((2, 3, oh, ow), dtype=dtype)
+    for i in range(oh):
+        for j in range(ow):
+            r0, c0 = i * s - pad, j * s - pad
+            win = x[:, :, max(r0, 0):r0 + k, max(c0, 0):c0 + k]
+            want[:, :, i, j] = win.max(axis=(2, 3))
+    got = np.empty_like(want)
+    _maxpool(x, k, s, pad, got)
+    np.testing.assert_array_equal(got, want)
