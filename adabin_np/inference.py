@@ -29,6 +29,9 @@ of weights or a changed convention can never be served from a stale plan.
 
 from __future__ import annotations
 
+import concurrent.futures
+
+import numba
 import numpy as np
 from numba import njit, prange
 
@@ -180,8 +183,10 @@ class _RealConv:
         y = bufs.get(key, (n_, o_, oh, ow), x.dtype)
         if kh == kw == 1 and ph == pw == 0:
             xs = x[:, :, ::sh, ::sw][:, :, :oh, :ow]
-            for n in range(n_):
-                np.matmul(self.w2, xs[n].reshape(c_, -1), out=y[n].reshape(o_, -1))
+
+            def images(worker, lo, hi):
+                for n in range(lo, hi):
+                    np.matmul(self.w2, xs[n].reshape(c_, -1), out=y[n].reshape(o_, -1))
         else:
             xp = bufs.get(key + "/pad", (n_, c_, h_ + 2 * ph, w_ + 2 * pw), x.dtype, zero=True)
             xp[:, :, ph:ph + h_, pw:pw + w_] = x
@@ -189,13 +194,45 @@ class _RealConv:
             cols = np.lib.stride_tricks.as_strided(
                 xp, (n_, c_, kh, kw, oh, ow),
                 (st[0], st[1], st[2] * dh, st[3] * dw, st[2] * sh, st[3] * sw), writeable=False)
-            col_buf = bufs.get(key + "/cols", (c_, kh, kw, oh, ow), x.dtype)
-            for n in range(n_):
-                col_buf[...] = cols[n]
-                np.matmul(self.w2, col_buf.reshape(c_ * kh * kw, -1), out=y[n].reshape(o_, -1))
+
+            def images(worker, lo, hi):
+                col_buf = bufs.get(f"{key}/cols{worker}", (c_, kh, kw, oh, ow), x.dtype)
+                for n in range(lo, hi):
+                    col_buf[...] = cols[n]
+                    np.matmul(self.w2, col_buf.reshape(c_ * kh * kw, -1),
+                              out=y[n].reshape(o_, -1))
+        _over_images(images, n_)
         if add_bias:
             y += self.b[None, :, None, None]
         return y
+
+
+def _over_images(fn, n_):
+    """``fn(worker, lo, hi)`` over contiguous image ranges, one per Numba thread, in Python
+    threads: NumPy releases the GIL in the copies and the (one-thread, see
+    :meth:`PackedPlan.__call__`) BLAS calls, so the images run in parallel without OpenBLAS's
+    spinning workers. Each worker writes only its own images and its own buffers."""
+    workers = min(n_, numba.get_num_threads())
+    bounds = [n_ * i // workers for i in range(workers + 1)]
+    if workers <= 1:
+        fn(0, 0, n_)
+        return
+    pool = _image_pool(workers)
+    futures = [pool.submit(fn, i, bounds[i], bounds[i + 1]) for i in range(workers)]
+    for f in futures:
+        f.result()
+
+
+_POOLS = {}
+
+
+def _image_pool(workers):
+    """A process-wide thread pool of ``workers`` threads (created once per size)."""
+    pool = _POOLS.get(workers)
+    if pool is None:
+        pool = _POOLS[workers] = concurrent.futures.ThreadPoolExecutor(
+            workers, thread_name_prefix="adabin-np-images")
+    return pool
 
 
 class _Buffers:
