@@ -9,9 +9,10 @@ binarization: a padded tap contributes 0, not ``b1``/``b2``, and receives no gra
 How it is computed (kernels in :mod:`adabin_np.kernels_float`; issue 15):
 
 * forward (:func:`adabin_conv2d`): exact integer counts of the level pairs
-  (activation level x weight level) over the valid taps of every output, from a GEMM of
+  (activation level x weight level) over the valid taps of every output, from the bit-packed
+  XOR/popcount kernel (one activation set per group, no zero level) or else a GEMM of
   {-1, 0, +1} sign matrices (exact in float32 BLAS for ``K < 2**24``), times the level
-  products of the elementwise path. Independent of summation order and thread count; within
+  products of the elementwise path; both routes give bit-identical results. Independent of summation order and thread count; within
   ``(K + T) u sum|x_b w_b|`` of the elementwise sum (``T = 9 * segments``, ``u = 2**-53``).
 * backward (:func:`adabin_conv2d_grad`, the layers' ``_conv_backward``): im2col / col2im and a
   register-blocked float64 GEMM whose every output is summed in one fixed order, so results
@@ -241,7 +242,7 @@ def _levels(alpha_c, beta_c, wa, wbeta, seg_first, official):
 USE_PACKED_COUNTS = True
 
 
-def _forward_from_packed_counts(x, w, alpha_c, beta_c, p, official):
+def _forward_from_packed_counts(x, w, wa, wbeta, alpha_c, beta_c, p, official):
     """The forward of :func:`_adabin_forward` from :func:`adabin_np.packed.packed_conv_counts`.
 
     Returns ``None`` where that route does not apply: several activation sets in one group,
@@ -262,7 +263,6 @@ def _forward_from_packed_counts(x, w, alpha_c, beta_c, p, official):
     if np.any(a_g != a_g[:, :1]) or np.any(b_g != b_g[:, :1]):
         return None
     w2 = w.reshape(o_, -1)
-    wa, wbeta = _k.weight_stats(w2)
     if np.any(wa == 0.0):
         return None
     if official and (np.any(x == beta_c[None, :, None, None])
@@ -282,12 +282,14 @@ def _forward_from_packed_counts(x, w, alpha_c, beta_c, p, official):
 
 def _adabin_forward(x, w, alpha_c, beta_c, p, official):
     """AdaBin conv forward through exact integer counts (see :mod:`adabin_np.kernels_float`)."""
-    if USE_PACKED_COUNTS:
-        y = _forward_from_packed_counts(x, w, alpha_c, beta_c, p, official)
-        if y is not None:
-            return y
     n_, c_, h_, w_ = x.shape
     o_, cg, kh, kw = w.shape
+    w2 = w.reshape(o_, cg * kh * kw)
+    wa, wbeta = _k.weight_stats(w2)
+    if USE_PACKED_COUNTS:
+        y = _forward_from_packed_counts(x, w, wa, wbeta, alpha_c, beta_c, p, official)
+        if y is not None:
+            return y
     groups = p.groups
     og = o_ // groups
     taps = kh * kw
@@ -298,12 +300,9 @@ def _adabin_forward(x, w, alpha_c, beta_c, p, official):
     gdt = np.float32 if k_g < _F32_EXACT else np.float64
     sp = np.zeros((n_, h_ + 2 * ph, w_ + 2 * pw, c_), dtype=gdt)
     zeros_a = _kf.activation_signs(x, alpha_c, beta_c, official, ph, pw, sp)
-    w2 = w.reshape(o_, k_g)
-    wa, wbeta = _k.weight_stats(w2)
     sw_, zeros_w = _kf.weight_signs(w2, wa, wbeta, official)
     ties = bool(official and (zeros_a or zeros_w))
-    seg_of_chan, seg_c0, seg_len, g_seg0, g_seg1, seg_group = _segments(alpha_c, beta_c, cg,
-                                                                        groups)
+    _, seg_c0, seg_len, g_seg0, g_seg1, seg_group = _segments(alpha_c, beta_c, cg, groups)
     n_seg = len(seg_c0)
     prods = _levels(alpha_c, beta_c, wa, wbeta, seg_group * cg + seg_c0, official)
     # per segment: tap-major weight signs plus a row of ones (its GEMM row is the activation
