@@ -132,6 +132,17 @@ def pow2_row_scale(w2):
     return np.ldexp(w2, -e[:, None]), e
 
 
+def _weights_grad_args(w, grad, k, t):
+    """Validated ``(w, w2, grad, k, t)`` of a weight backward (CPU and CUDA alike)."""
+    k = check_finite_scalar(k, "k")
+    t = check_finite_scalar(t, "t")
+    w, w2 = _weights_2d(w)
+    g = as_float_array(grad, "grad")
+    if g.shape != w.shape:
+        raise ValueError(f"grad has shape {g.shape} but w has shape {w.shape}")
+    return w, w2, g, k, t
+
+
 def _scaled_weight_set(w2):
     """``(w2s, e, alpha_s, beta_s)``: the set of the power-of-two scaled rows (exact rescale)."""
     w2s, e = pow2_row_scale(w2)
@@ -200,12 +211,7 @@ def binarize_weights_grad(w, grad, *, k=10.0, t=0.1, convention="paper"):
     Defaults ``k = 10, t = 0.1``; see :func:`ede_schedule` for the training schedule.
     """
     official = check_convention(convention) == "official"
-    k = check_finite_scalar(k, "k")
-    t = check_finite_scalar(t, "t")
-    w, w2 = _weights_2d(w)
-    g = as_float_array(grad, "grad")
-    if g.shape != w.shape:
-        raise ValueError(f"grad has shape {g.shape} but w has shape {w.shape}")
+    w, w2, g, k, t = _weights_grad_args(w, grad, k, t)
     # dW is invariant under W -> c W (u, s and the EDE factor do not change), so the scaled
     # rows give dW itself, for weights of any magnitude
     w2s, _, alpha_s, beta_s = _scaled_weight_set(w2)

@@ -380,6 +380,29 @@ def _weights(rng, shape):
 
 
 @needs_cuda
+@pytest.mark.parametrize("c", [1e-300, 2.0 ** -900, 3.7, 2.0 ** 900, 1e300])
+def test_weight_functions_are_scale_equivariant_like_the_cpu(c):
+    """The CUDA weight set, binarization and gradient follow the CPU's scale contract (rows
+    scaled by a power of two before the kernels): f(c w) = c f(w), dW(c w) = dW(w)."""
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((3, 2, 3, 3))
+    w = np.where(np.abs(w) < 1e-3, 1e-3, w)
+    g = rng.standard_normal(w.shape)
+    alpha, beta = C.weight_binary_set_cuda(c * w)
+    ca, cb = ab.weight_binary_set(w)
+    np.testing.assert_allclose(alpha / c, ca, rtol=1e-13)
+    np.testing.assert_allclose(beta / c, cb, rtol=0, atol=1e-13 * np.max(ca))
+    np.testing.assert_allclose(C.binarize_weights_cuda(c * w) / c, ab.binarize_weights(w),
+                               rtol=1e-13, atol=1e-13 * np.max(np.abs(w)))
+    ref = ab.binarize_weights_grad(w, g)
+    np.testing.assert_allclose(C.binarize_weights_grad_cuda(c * w, g), ref, rtol=0,
+                               atol=1e-12 * np.max(np.abs(ref)))
+    big = np.array([[1e308, 1e308, -1e308, -1e308]])
+    a_big, b_big = C.weight_binary_set_cuda(big)
+    assert a_big[0] == 1e308 and b_big[0] == 0.0
+
+
+@needs_cuda
 @pytest.mark.parametrize("convention", CONVENTIONS)
 @pytest.mark.parametrize("shape", [(4, 3, 3, 3), (3, 7)])
 def test_weights_forward_backward(convention, shape):

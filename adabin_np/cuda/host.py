@@ -33,7 +33,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from ..validation import activation_params, as_float_array, check_convention, check_finite_scalar
+from ..validation import activation_params, as_float_array, check_convention, finite_result
 
 __all__ = [
     "is_available",
@@ -492,12 +492,14 @@ def weight_binary_set_cuda(w):
     its value exactly. Kernel :func:`~adabin_np.cuda.kernels.weight_stats` (one block per
     output channel, shared-memory tree sums). Returns ``(alpha, beta)``, each ``(O,)``.
     """
-    from ..binarize import _weights_2d
+    from ..binarize import _weights_2d, pow2_row_scale
 
     _, w2 = _weights_2d(w)
+    w2s, e = pow2_row_scale(w2)  # as the CPU path: any finite weights, exact rescale
     cuda, k = _require_cuda()
-    alpha_d, beta_d = _weight_stats_device(cuda, k, _to_device(cuda, w2))
-    return alpha_d.copy_to_host(), beta_d.copy_to_host()
+    alpha_d, beta_d = _weight_stats_device(cuda, k, _to_device(cuda, w2s))
+    return finite_result((np.ldexp(alpha_d.copy_to_host(), e), np.ldexp(beta_d.copy_to_host(), e)),
+                         "weight_binary_set_cuda")
 
 
 def binarize_weights_cuda(w, *, convention="paper"):
@@ -507,18 +509,20 @@ def binarize_weights_cuda(w, *, convention="paper"):
     :func:`~adabin_np.cuda.kernels.weight_stats` then
     :func:`~adabin_np.cuda.kernels.weight_forward` (element-wise). Float64, ``w``'s shape.
     """
-    from ..binarize import _weights_2d
+    from ..binarize import _weights_2d, pow2_row_scale
 
     official = check_convention(convention) == "official"
     w, w2 = _weights_2d(w)
+    w2s, e = pow2_row_scale(w2)  # as the CPU path: any finite weights, exact rescale
     cuda, k = _require_cuda()
-    w2_d = _to_device(cuda, w2)
+    w2_d = _to_device(cuda, w2s)
     alpha_d, beta_d = _weight_stats_device(cuda, k, w2_d)
     out_d = cuda.device_array(w2.shape, dtype=np.float64)
     tpb = _flat_tpb(w2.shape[1], k.ELEMENTWISE_TPB)
     grid = (_blocks(w2.shape[1], tpb), min(w2.shape[0], _GRID_YZ))
     k.weight_forward[grid, tpb](w2_d, alpha_d, beta_d, official, out_d)
-    return out_d.copy_to_host().reshape(w.shape)
+    return finite_result(np.ldexp(out_d.copy_to_host(), e[:, None]).reshape(w.shape),
+                         "binarize_weights_cuda")
 
 
 def binarize_weights_grad_cuda(w, grad, *, k=10.0, t=0.1, convention="paper"):
@@ -529,17 +533,13 @@ def binarize_weights_grad_cuda(w, grad, *, k=10.0, t=0.1, convention="paper"):
     ``dW_j = G_u_j/alpha_w + dbeta/n + u_j*dalpha/n``; constant filter: ``dW_j = sum(g)/n``.
     Kernel :func:`~adabin_np.cuda.kernels.weight_backward` (one block per output channel).
     """
-    from ..binarize import _weights_2d
+    from ..binarize import _weights_grad_args, pow2_row_scale
 
     official = check_convention(convention) == "official"
-    k_ = check_finite_scalar(k, "k")
-    t_ = check_finite_scalar(t, "t")
-    w, w2 = _weights_2d(w)
-    g = as_float_array(grad, "grad")
-    if g.shape != w.shape:
-        raise ValueError(f"grad has shape {g.shape} but w has shape {w.shape}")
+    w, w2, g, k_, t_ = _weights_grad_args(w, grad, k, t)
+    w2s, _ = pow2_row_scale(w2)  # dW is scale-invariant: the scaled rows give it (as on CPU)
     cuda, kern = _require_cuda()
-    w2_d = _to_device(cuda, w2)
+    w2_d = _to_device(cuda, w2s)
     alpha_d, beta_d = _weight_stats_device(cuda, kern, w2_d)
     dw_d = cuda.device_array(w2.shape, dtype=np.float64)
     kern.weight_backward[min(w2.shape[0], _GRID_YZ), _reduce_tpb(w2.shape[1], kern.REDUCE_TPB)](
