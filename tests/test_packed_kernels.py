@@ -46,14 +46,15 @@ def test_tile_matches_numpy(variant, taps, wgm, q0, nq):
     xa = rng.integers(0, 2**63, size=200, dtype=np.int64).view(np.uint64) * np.uint64(3)
     offs = rng.integers(0, 200 - wgm, size=taps * tp).astype(np.int64)
     wb = rng.integers(0, 2**63, size=7 + taps * wgm * jb, dtype=np.int64).view(np.uint64)
-    xout = np.full(5 + tp * jb, -1, dtype=np.int64)
+    stride = 13 + tp  # channel-major rows; the tile writes 8 - tp lanes past its pixels
+    xout = np.full(5 + jb * stride, -1, dtype=np.int64)
     aout = np.full(3 + tp, -1, dtype=np.int64)
 
     from numba import njit
 
     @njit
     def call(xa, offs, wb, xout, aout):
-        tile(xa, offs, 0, wb, 7, taps, wgm, q0, nq, xout, 5, aout, 3)
+        tile(xa, offs, 0, wb, 7, taps, wgm, q0, nq, xout, 5, stride, aout, 3)
 
     call(xa, offs, wb, xout, aout)
     want = np.zeros((tp, jb), dtype=np.int64)
@@ -64,9 +65,13 @@ def test_tile_matches_numpy(variant, taps, wgm, q0, nq):
                 row = wb[7 + (t * wgm + q) * jb:7 + (t * wgm + q + 1) * jb]
                 want[p] += _popc(xa[offs[t * tp + p] + q] ^ row)
                 want_a[p] += bin(int(xa[offs[t * tp + p] + q])).count("1")
-    np.testing.assert_array_equal(xout[5:].reshape(tp, jb), want)
+    rows = xout[5:].reshape(jb, stride)
+    np.testing.assert_array_equal(rows[:, :tp].T, want)
     np.testing.assert_array_equal(aout[3:], want_a)
     assert np.all(xout[:5] == -1) and np.all(aout[:3] == -1)  # nothing before the bases
+    # padding lanes (zeros) go only into the next tile's first entries, never further
+    lanes = 8 if variant == 0 else 4
+    assert np.all(rows[:, tp:lanes] == 0) and np.all(rows[:, max(tp, lanes):] == -1)
 
 
 @pytest.mark.parametrize("case", [
@@ -129,8 +134,8 @@ def test_avx2_only_cpu_path_in_a_subprocess():
 
         @njit
         def both(xa, offs, wb, xout):
-            MK.tile_6x32_avx512(xa, offs, 0, wb, 0, 9, 2, 0, 2, xout, 0, xout, 300)
-            MK.tile_4x8_avx2(xa, offs, 0, wb, 0, 9, 2, 0, 2, xout, 0, xout, 300)
+            MK.tile_6x32_avx512(xa, offs, 0, wb, 0, 9, 2, 0, 2, xout, 0, 14, xout, 600)
+            MK.tile_4x8_avx2(xa, offs, 0, wb, 0, 9, 2, 0, 2, xout, 0, 14, xout, 600)
 
         u8, i8 = np.zeros(4096, np.uint64), np.zeros(4096, np.int64)
         both(u8, i8, u8, i8)
@@ -184,7 +189,7 @@ def test_float32_thresholds_match_the_float64_rule(alpha, beta):
     v = (x.astype(np.float64) - beta) / alpha
     want = v >= 0
     xa, ties = P._pack_input(x, np.array([alpha]), np.array([beta]),
-                             P._channel_layout(np.array([alpha]), np.array([beta]), 1, False))
+                             P._act_plan(np.array([alpha]), np.array([beta]), 1, False, x.dtype))
     got = (xa[:-1, 0] & np.uint64(1)).astype(bool)
     np.testing.assert_array_equal(got, want.reshape(-1))
     assert ties == int(np.sum(v == 0))

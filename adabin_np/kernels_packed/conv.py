@@ -105,12 +105,14 @@ def border_tables(pcw, seg_n, seg_ca, g_seg0, g_seg1, alpha_w, beta_w, shift, r_
 
 
 @njit(cache=True, inline="always", error_model="numpy")
-def _tile(variant, xa, offs, obase, wb, wbase, taps, wgm, q0, nq, xout, xbase, aout, abase):
+def _tile(variant, xa, offs, obase, wb, wbase, taps, wgm, q0, nq, xout, xbase, xstride, aout,
+          abase):
     if variant == 0:
-        tile_6x32_avx512(xa, offs, obase, wb, wbase, taps, wgm, q0, nq, xout, xbase, aout,
-                         abase)
+        tile_6x32_avx512(xa, offs, obase, wb, wbase, taps, wgm, q0, nq, xout, xbase, xstride,
+                         aout, abase)
     else:
-        tile_4x8_avx2(xa, offs, obase, wb, wbase, taps, wgm, q0, nq, xout, xbase, aout, abase)
+        tile_4x8_avx2(xa, offs, obase, wb, wbase, taps, wgm, q0, nq, xout, xbase, xstride, aout,
+                      abase)
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
@@ -127,7 +129,10 @@ def bconv_forward(xa, h_, w_, out_h, wtb, variant, tp, wgm, g_w0, og, seg_w0, se
     -> the zero pixel), then for each of its blocks and each segment of its group walks the
     pixels in tiles of ``tp`` through the microkernel of ``variant`` (:mod:`.microkernel`),
     and the epilogue writes each output channel's chunk as one contiguous run of ``y``.
-    ``raw=True`` writes ``raw_x[n, o, pix] = sum_s X^P_s`` and ``raw_a[n, g, pix] = sum_s A_s``
+    ``brow``/``krow`` are the border tables of :func:`border_tables`, ``(classes, O, OW)``
+    indexed by the row class of an output row, or expanded per pixel ``(1, O, OH*OW)`` (when
+    ``OW`` is short: the epilogue then runs over a task's whole pixel range in one vectorised
+    loop instead of rows of a few pixels). ``raw=True`` writes ``raw_x[n, o, pix] = sum_s X^P_s`` and ``raw_a[n, g, pix] = sum_s A_s``
     instead of ``y`` (int64; dummies otherwise).
 
     Fused inference epilogue (a model's ``conv -> BatchNorm -> + residual -> Maxout``; the
@@ -155,6 +160,7 @@ def bconv_forward(xa, h_, w_, out_h, wtb, variant, tp, wgm, g_w0, og, seg_w0, se
     n_tasks = n_ * groups * n_bg * n_chunks
     has_res = res.shape[0] == n_ and res.shape[1] == y.shape[1] and res.shape[2] == y.shape[2]
     has_mo = mo_p.shape[0] == y.shape[1]
+    pix_tab = brow.shape[2] != out_w  # per-pixel tables (1, O, OH*OW), see docstring
     fused = has_res or has_mo
     for task in prange(n_tasks):
         chunk = task % n_chunks
@@ -205,11 +211,14 @@ def bconv_forward(xa, h_, w_, out_h, wtb, variant, tp, wgm, g_w0, og, seg_w0, se
         qa = np.zeros(npx)
         atot = np.zeros(npx, dtype=np.int64)
         apc = np.zeros(n_tiles * tp, dtype=np.int64)
-        xbuf = np.zeros((n_tiles * tp + 4) * jb, dtype=np.int64)
-        xt = np.empty((jb, npx + 4), dtype=np.int64)  # xbuf transposed: contiguous per channel
+        # microkernel counts, channel-major (xt[jj, pix]), 8 entries of padding per row (the
+        # tiles store whole vectors of pixels)
+        xstride = n_tiles * tp + 8
+        xt = np.empty((jb, xstride), dtype=np.int64)
+        xt_flat = xt.reshape(xt.size)
         facc = np.zeros((npx, jb)) if multi else np.zeros((1, 1))
         xtot = np.zeros((npx, jb), dtype=np.int64) if raw else np.zeros((1, 1), dtype=np.int64)
-        vbuf = np.empty(out_w)
+        vbuf = np.empty(npx)
         for blk in range(bg * blocks_per_task, min(n_blk, (bg + 1) * blocks_per_task)):
             j0 = blk * jb
             nj = min(og, j0 + jb) - j0
@@ -224,7 +233,7 @@ def bconv_forward(xa, h_, w_, out_h, wtb, variant, tp, wgm, g_w0, og, seg_w0, se
                 nq = seg_w1[s] - seg_w0[s]
                 for it in range(n_tiles):
                     _tile(variant, xa_flat, offs, it * taps * tp, wtb_flat, wbase, taps, wgm,
-                          q0, nq, xbuf, it * tp * jb, apc, it * tp)
+                          q0, nq, xt_flat, it * tp, xstride, apc, it * tp)
                 if tiles_only:
                     continue
                 if blk == bg * blocks_per_task:
@@ -240,7 +249,7 @@ def bconv_forward(xa, h_, w_, out_h, wtb, variant, tp, wgm, g_w0, og, seg_w0, se
                         cl = col_cls[pix % out_w]
                         nv = seg_n[s] * ntap[pix]
                         for jj in range(nj):
-                            xp = xbuf[pix * jb + jj] - pinv[s, rc, cl, j0 + jj]
+                            xp = xt[jj, pix] - pinv[s, rc, cl, j0 + jj]
                             if raw:
                                 xtot[pix, jj] += xp
                             else:
@@ -250,65 +259,62 @@ def bconv_forward(xa, h_, w_, out_h, wtb, variant, tp, wgm, g_w0, og, seg_w0, se
             if raw and bg == 0 and blk == 0:
                 for pix in range(npx):
                     raw_a[n, g, oh0 * out_w + pix] = atot[pix]
-            if not multi:
-                # transpose 4 pixels at a time: four contiguous read streams (2.3x faster than
-                # a plain strided loop); pixels past npx are padding, never read later
-                for pix0 in range(0, npx, 4):
-                    for jj in range(nj):
-                        xt[jj, pix0] = xbuf[pix0 * jb + jj]
-                        xt[jj, pix0 + 1] = xbuf[(pix0 + 1) * jb + jj]
-                        xt[jj, pix0 + 2] = xbuf[(pix0 + 2) * jb + jj]
-                        xt[jj, pix0 + 3] = xbuf[(pix0 + 3) * jb + jj]
             if raw:
                 for jj in range(nj):
                     for pix in range(npx):
                         raw_x[n, obase + jj, oh0 * out_w + pix] = xtot[pix, jj]
                 continue
             da0 = seg_da[s0]
+            # runs of output pixels that read one table row: the whole chunk with per-pixel
+            # tables, else one output row (its row class picks the table row)
+            n_runs = 1 if pix_tab else oh1 - oh0
+            run_len = npx if pix_tab else out_w
             for jj in range(nj):
                 o = obase + jj
                 d_w = alpha_w[o]
                 c_w = beta_w[o]
-                for oh in range(oh0, oh1):
-                    rc = row_cls[oh]
-                    pbase = (oh - oh0) * out_w
-                    ybase = oh * out_w
-                    if multi:
-                        for ow in range(out_w):
-                            pix = np.uint64(pbase) + np.uint64(ow)
-                            vbuf[ow] = brow[rc, o, ow] + d_w * facc[pix, jj] + c_w * qa[pix]
+                for run in range(n_runs):
+                    if pix_tab:
+                        rc = 0
+                        tb = np.uint64(oh0 * out_w)
                     else:
+                        rc = row_cls[oh0 + run]
+                        tb = np.uint64(0)
+                    up = np.uint64(run * out_w)
+                    ub = np.uint64((oh0 + run) * out_w)
+                    if multi:
+                        for u in range(run_len):
+                            vbuf[u] = (brow[rc, o, tb + np.uint64(u)]
+                                       + d_w * facc[up + np.uint64(u), jj]
+                                       + c_w * qa[up + np.uint64(u)])
+                    elif not fused:
                         # one expression per element, plain indexing (a Numba view would cost
-                        # an atomic reference count per row); |krow - 2X| = |N - 2 X^P| <= N <
-                        # 2**31: exact in int32
-                        if not fused:
-                            # unsigned indices: no negative-index wraparound code, so the loop
-                            # vectorises
-                            ub = np.uint64(ybase)
-                            up = np.uint64(pbase)
-                            for uo in range(np.uint64(out_w)):
-                                y[n, o, ub + uo] = brow[rc, o, uo] + d_w * (da0 * np.int32(
-                                    krow[rc, o, uo] - 2 * xt[jj, up + uo])) + c_w * qa[up + uo]
-                            continue
-                        for ow in range(out_w):
-                            up = np.uint64(pbase) + np.uint64(ow)
-                            vbuf[ow] = brow[rc, o, ow] + d_w * (da0 * np.int32(
-                                krow[rc, o, ow] - 2 * xt[jj, up])) + c_w * qa[up]
+                        # an atomic reference count per row), unsigned indices (no
+                        # negative-index wraparound code, so the loop vectorises);
+                        # |krow - 2X| = |N - 2 X^P| <= N < 2**31: exact in int32
+                        for uo in range(np.uint64(run_len)):
+                            y[n, o, ub + uo] = brow[rc, o, tb + uo] + d_w * (da0 * np.int32(
+                                krow[rc, o, tb + uo] - 2 * xt[jj, up + uo])) + c_w * qa[up + uo]
+                        continue
+                    else:
+                        for uo in range(np.uint64(run_len)):
+                            vbuf[uo] = brow[rc, o, tb + uo] + d_w * (da0 * np.int32(
+                                krow[rc, o, tb + uo] - 2 * xt[jj, up + uo])) + c_w * qa[up + uo]
                     if not fused:
-                        for ow in range(out_w):
-                            y[n, o, np.uint64(ybase) + np.uint64(ow)] = vbuf[ow]
+                        for uo in range(np.uint64(run_len)):
+                            y[n, o, ub + uo] = vbuf[uo]
                         continue
                     if has_res:
-                        for ow in range(out_w):
-                            vbuf[ow] += res[n, o, np.uint64(ybase) + np.uint64(ow)]
+                        for uo in range(np.uint64(run_len)):
+                            vbuf[uo] += res[n, o, ub + uo]
                     if has_mo:
                         mp = mo_p[o]
                         mq = mo_q[o]
-                        for ow in range(out_w):
-                            v = vbuf[ow]
-                            vbuf[ow] = mp * v if v > 0.0 else mq * v
-                    for ow in range(out_w):
-                        y[n, o, np.uint64(ybase) + np.uint64(ow)] = vbuf[ow]
+                        for uo in range(np.uint64(run_len)):
+                            v = vbuf[uo]
+                            vbuf[uo] = mp * v if v > 0.0 else mq * v
+                    for uo in range(np.uint64(run_len)):
+                        y[n, o, ub + uo] = vbuf[uo]
     return y
 
 
@@ -333,12 +339,12 @@ def popcount_roofline(variant, taps, wgm, reps, n_threads):
         for t in range(taps):
             for p in range(tp):
                 offs[t * tp + p] = ((t + p) % (tp + 1)) * wgm
-        xout = np.zeros(tp * jb, dtype=np.int64)
+        xout = np.zeros((tp + 8) * jb, dtype=np.int64)
         aout = np.zeros(tp, dtype=np.int64)
         tot = 0
         for r in range(reps):
             xa[r % xa.shape[0]] ^= np.uint64(r)
-            _tile(variant, xa, offs, 0, wb, 0, taps, wgm, 0, wgm, xout, 0, aout, 0)
+            _tile(variant, xa, offs, 0, wb, 0, taps, wgm, 0, wgm, xout, 0, tp + 8, aout, 0)
             tot += xout[r % (tp * jb)]
         res[tid] = tot
     return res

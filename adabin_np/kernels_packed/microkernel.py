@@ -26,11 +26,14 @@ Tiles (file-level names state the register block, as in LCE's ``kernel_4x2_porta
 Call signature (all int64 scalars; arrays are 1-D C-contiguous, no bounds checks: the caller,
 :func:`adabin_np.kernels_packed.conv.bconv_forward`, guarantees every index is in range)::
 
-    tile(xa, offs, obase, wb, wbase, taps, wgm, q0, nq, xout, xbase, aout, abase)
+    tile(xa, offs, obase, wb, wbase, taps, wgm, q0, nq, xout, xbase, xstride, aout, abase)
         xa   uint64 activations, offs int64: offs[obase + t*P + p] = word offset of pixel p
              at tap t
         wb   uint64 weights, block starting at wbase, laid out [t][wgm][J]
-        xout int64, X[p, j] written to xout[xbase + p*J + j]
+        xout int64, X[p, j] written to xout[xbase + j*xstride + p] (channel-major: the
+             epilogue reads contiguous pixel runs per channel); xout[xbase + j*xstride + p]
+             for P <= p < V is overwritten too (V = vector lanes), so rows need V - P
+             entries of padding past the last tile and tiles run in increasing pixel order
         aout int64, A[p] = sum popc(a) over the same words written to aout[abase + p]
              (the activation popcount of SPEC section 4, one scalar popcnt per word)
 """
@@ -48,25 +51,29 @@ __all__ = ["TILES", "popcount64", "tile_6x32_avx512", "tile_4x8_avx2"]
 def _make_tile(P, n_vec, lanes):
     """Build the intrinsic for a ``P x (n_vec*lanes)`` register block of ``<lanes x i64>``."""
     J = n_vec * lanes
+    if P > lanes:
+        raise ValueError("the channel-major store transposes P x lanes blocks: P <= lanes")
 
     @intrinsic
-    def tile(typingctx, xa, offs, obase, wb, wbase, taps, wgm, q0, nq, xout, xbase, aout, abase):
+    def tile(typingctx, xa, offs, obase, wb, wbase, taps, wgm, q0, nq, xout, xbase, xstride,
+             aout, abase):
         for arr, dt in ((xa, types.uint64), (offs, types.int64), (wb, types.uint64),
                         (xout, types.int64), (aout, types.int64)):
             if not isinstance(arr, types.Array) or arr.dtype != dt or arr.ndim != 1:
                 return None
         i64t = types.int64
-        sig = types.void(xa, offs, i64t, wb, i64t, i64t, i64t, i64t, i64t, xout, i64t, aout, i64t)
+        sig = types.void(xa, offs, i64t, wb, i64t, i64t, i64t, i64t, i64t, xout, i64t, i64t, aout,
+                         i64t)
 
         def codegen(context, builder, signature, args):
-            (xa_, offs_, obase_, wb_, wbase_, taps_, wgm_, q0_, nq_, xout_, xbase_, aout_,
-             abase_) = args
+            (xa_, offs_, obase_, wb_, wbase_, taps_, wgm_, q0_, nq_, xout_, xbase_, xstride_,
+             aout_, abase_) = args
             ty = signature.args
             xp = context.make_array(ty[0])(context, builder, xa_).data
             op = context.make_array(ty[1])(context, builder, offs_).data
             wp = context.make_array(ty[3])(context, builder, wb_).data
             outp = context.make_array(ty[9])(context, builder, xout_).data
-            aoutp = context.make_array(ty[11])(context, builder, aout_).data
+            aoutp = context.make_array(ty[12])(context, builder, aout_).data
             i64 = ir.IntType(64)
             i32 = ir.IntType(32)
             vty = ir.VectorType(i64, lanes)
@@ -113,10 +120,32 @@ def _make_tile(P, n_vec, lanes):
             for p in range(P):
                 builder.store(builder.load(aacc[p]),
                               builder.gep(aoutp, [builder.add(abase_, c(p))]))
-                for v in range(n_vec):
-                    ptr = builder.bitcast(
-                        builder.gep(outp, [builder.add(xbase_, c(p * J + v * lanes))]), vptr)
-                    st = builder.store(builder.load(accs[p][v]), ptr)
+            # channel-major store: transpose each P x lanes block in registers (pixels padded
+            # to ``lanes`` with zeros; log2(lanes) butterfly stages, each swapping one bit of
+            # the pixel index with the same bit of the lane index), then one vector store of
+            # ``lanes`` pixels per channel at xout[xbase + j*xstride + p]. Lanes past P land
+            # on the next tile's first pixels (overwritten by it) or in the row padding.
+            for v in range(n_vec):
+                rows = [builder.load(accs[p][v]) for p in range(P)] + [zero] * (lanes - P)
+                bit = 1
+                while bit < lanes:
+                    new = list(rows)
+                    for i in range(lanes):
+                        if i & bit:
+                            continue
+                        j = i | bit
+                        lo = [cc if not cc & bit else lanes + (cc ^ bit) for cc in range(lanes)]
+                        hi = [cc | bit if not cc & bit else lanes + cc for cc in range(lanes)]
+                        new[i] = builder.shuffle_vector(rows[i], rows[j], ir.Constant(
+                            ir.VectorType(i32, lanes), lo))
+                        new[j] = builder.shuffle_vector(rows[i], rows[j], ir.Constant(
+                            ir.VectorType(i32, lanes), hi))
+                    rows = new
+                    bit <<= 1
+                for cc in range(lanes):
+                    idx = builder.add(xbase_, builder.mul(c(v * lanes + cc), xstride_))
+                    ptr = builder.bitcast(builder.gep(outp, [idx]), vptr)
+                    st = builder.store(rows[cc], ptr)
                     st.align = 8
             return context.get_dummy_value()
 
