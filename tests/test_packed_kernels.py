@@ -201,3 +201,58 @@ def test_roofline_probe_runs_every_tile():
         res = KP.popcount_roofline(variant, 9, 2, 5, 2)
         assert res.shape == (2,) and np.all(res > 0)
         np.testing.assert_array_equal(res, KP.popcount_roofline(variant, 9, 2, 5, 2))
+
+
+# ----------------------------------------------------------------------------------------------
+# work split and epilogue forms: every task shape gives the same bits
+# ----------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("tile", ["avx512", "avx2"])
+@pytest.mark.parametrize("case", [
+    # (N, C, H, W, O, kernel, stride, pad, per-channel levels); output widths below and above
+    # the per-pixel-table width (32), several weight blocks, segments
+    (2, 70, 9, 7, 70, 3, 1, 1, False),
+    (2, 64, 5, 40, 40, 3, 1, 1, False),
+    (1, 70, 8, 9, 33, 3, 2, 1, True),
+    (3, 130, 6, 35, 65, 1, 1, 0, False),
+])
+def test_every_work_split_and_fused_epilogue_give_the_same_bits(tile, case, monkeypatch):
+    """The kernel's task split (output rows per task x weight blocks per task, chosen from the
+    thread count) and the rescale-table form (per pixel for short rows, per row class else)
+    must not change a single bit: tiles store whole vectors past their pixels (overwritten by
+    the next tile or landing in row padding), so a split that lets one task's tile write into
+    another's pixels, or a table indexed with the wrong run offset, shows up here. The fused
+    residual + Maxout epilogue is checked against the unfused output composed in float64."""
+    monkeypatch.setenv("ADABIN_NP_TILE", tile)
+    n, c, h, w_, o, k, s, pad, per_channel = case
+    rng = np.random.default_rng(c + o + h)
+    x = rng.standard_normal((n, c, h, w_)).astype(np.float32)
+    w = rng.standard_normal((o, c, k, k))
+    if per_channel:
+        alpha, beta = rng.choice([0.5, -1.5, 3.0], c), rng.choice([-0.1, 0.2], c)
+    else:
+        alpha, beta = 0.8, 0.05
+    pw = P.pack_weights(w)
+    ref = P.packed_adabin_conv2d_prepacked(x, pw, alpha, beta, stride=s, padding=pad)
+    alpha_c, beta_c = P._act_params(alpha, beta, c)
+    p = P._conv_params(x.shape, pw.shape, s, pad, 1, 1)
+    res = rng.standard_normal(ref.shape).astype(np.float32)
+    mo = (rng.uniform(0.5, 2, o), rng.uniform(-0.5, 0.5, o))
+    v = ref.astype(np.float64) + res
+    fused_ref = np.where(v > 0, mo[0][None, :, None, None] * v, mo[1][None, :, None, None] * v)
+    counts_ref = P.packed_conv_counts(x, w, alpha, beta, stride=s, padding=pad)
+    n_blk = -(-o // KP.select_tile()[2])
+    splits = {(r, b) for r in range(1, p.out_h + 1) for b in range(1, n_blk + 1)}
+    for rows, bpt in sorted(splits):
+        monkeypatch.setattr(P, "_work_split", lambda *a, _r=rows, _b=bpt, **k: (_r, _b))
+        y, _ = P._run_cpu(x, pw, alpha_c, beta_c, p, False)
+        np.testing.assert_array_equal(y, ref, err_msg=f"split {rows} rows x {bpt} blocks")
+        y2, _ = P._run_cpu(x, pw, alpha_c, beta_c, p, False, residual=res, maxout=mo)
+        # fused: computed in float64, rounded once; the composition above rounds ref first,
+        # so compare at float32 resolution
+        np.testing.assert_allclose(y2, fused_ref, rtol=2e-6, atol=1e-5 * np.abs(v).max(),
+                                   err_msg=f"fused, split {rows} x {bpt}")
+        counts = P._run_cpu(x, pw, alpha_c, beta_c, p, False, raw=True)
+        for a, b in zip(counts, counts_ref):
+            np.testing.assert_array_equal(a, b, err_msg=f"raw counts, split {rows} x {bpt}")

@@ -163,17 +163,20 @@ def _layers(a, threads, torch, rng, bw):
                 roofs[key] = popcount_roofline(threads, *key, clock=_clock(a))
             roof = roofs[key]
             io = x.nbytes + y_p.nbytes
-            bound = layer_bound(word_ops, io, roof, bw)
+            bw_layer = bandwidth(nbytes=io, clock=_clock(a))
             st = _stage_breakdown(x, pw, alpha, beta, max(3, a.repeats // 3), _clock(a))
             # best of both probes (before and after the timings): noise only lowers a probe
             roof = roofs[key] = max(roof, popcount_roofline(threads, *key, clock=_clock(a)))
+            bw_layer = max(bw_layer, bandwidth(nbytes=io, clock=_clock(a)))
+            bound = layer_bound(word_ops, io, roof, bw_layer)
             med = t["packed"]["median_s"]
             row = {"layer": f"{c}ch {hw}x{hw}", "channels": c, "size": hw, "batch": batch,
                    "binary_ops": binops, "word_ops": word_ops, "io_bytes": io,
                    "times": t, "stages": st,
                    "roofline_word_ops_per_s": roof,
                    "popcount_fraction_of_roofline": word_ops / st["popcount_s"] / roof,
-                   "bound_s": bound, "fraction_of_bound": bound / med,
+                   "bound_s": bound, "bandwidth_bytes_per_s": bw_layer,
+                   "fraction_of_bound": bound / med,
                    "packed_binary_ops_per_s": binops / med,
                    "output_dtype": str(y_p.dtype)}
             if "torch_f32" in t:
