@@ -392,7 +392,8 @@ class PackedWeights:
 
     ``PackedWeights(w)`` (or :func:`pack_weights`) with ``w`` ``(O, Cg, kh, kw)`` or linear
     ``(O, I)``, any real dtype (validated: ``TypeError``/``ValueError`` naming ``w``). One
-    parallel pass binarizes and packs (:func:`adabin_np.kernels_packed.weight_pack`). Attributes:
+    parallel kernel call binarizes and packs (:func:`adabin_np.kernels_packed.weight_pack`).
+    Attributes:
 
     * ``shape``: ``(O, Cg, kh, kw)`` of the float weights (a linear ``(O, I)`` is ``(O, I, 1, 1)``);
     * ``alpha``, ``beta``: the weight binary set ``d_w = alpha_w``, ``c_w = beta_w`` per output
@@ -518,11 +519,8 @@ class PackedWeights:
             shift = self.shift if self.shift is not None else np.zeros(self.shape[0])
             entry = _kp.border_tables(pcw, layout.seg_n, layout.seg_ca, layout.g_seg0,
                                       layout.g_seg1, self.alpha, self.beta, shift,
-                                      r_lo, r_hi, c_lo, c_hi, self.shape[3], col_cls)
-            if col_cls.shape[0] < _PIXEL_TABLE_WIDTH:
-                brow, krow = (np.ascontiguousarray(t[row_cls].transpose(1, 0, 2)).reshape(
-                    1, t.shape[1], -1) for t in entry[:2])
-                entry = (brow, krow) + entry[2:]
+                                      r_lo, r_hi, c_lo, c_hi, self.shape[3], col_cls,
+                                      row_cls, col_cls.shape[0] < _PIXEL_TABLE_WIDTH)
             if len(self._bias_cache) >= 16:
                 self._bias_cache.pop(next(iter(self._bias_cache)))
             self._bias_cache[key] = entry

@@ -5,7 +5,8 @@
   popcount tiles emitted as LLVM vector IR (``llvm.ctpop.v8i64`` / ``v4i64``);
 * :mod:`.select_kernel` -- picks the tile for the CPU Numba compiles for;
 * :mod:`.pack` -- binarize + pack activations (float32/float64, fused finiteness and tie
-  counts) and weights (binary set + signs in one pass), kernel weight layouts;
+  counts) and weights (binary set + signs in one kernel call, eight rows per SIMD block),
+  kernel weight layouts;
 * :mod:`.conv` -- border tables, the tiled convolution driver with the fused rescale epilogue
   (contiguous NCHW stores), the roofline probe.
 

@@ -31,9 +31,9 @@ from .microkernel import tile_4x8_avx2, tile_6x32_avx512
 __all__ = ["border_tables", "bconv_forward", "popcount_roofline"]
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, parallel=True, error_model="numpy")
 def border_tables(pcw, seg_n, seg_ca, g_seg0, g_seg1, alpha_w, beta_w, shift, r_lo, r_hi, c_lo,
-                  c_hi, kw, col_cls):
+                  c_hi, kw, col_cls, row_cls, per_pixel):
     """Per border class the output-independent terms of the module docstring's formula.
 
     ``pcw[s, t, j]``: weight popcount of output channel ``j`` of segment ``s``'s group at tap
@@ -45,6 +45,8 @@ def border_tables(pcw, seg_n, seg_ca, g_seg0, g_seg1, alpha_w, beta_w, shift, r_
       ``shift`` is a folded BatchNorm's shift, zeros otherwise),
     * ``krow[r, o, ow] = N + 2 I`` summed over segments (int64; the single-segment epilogue
       computes ``N - 2 X^P = krow - 2 X`` exactly),
+    * with ``per_pixel=True`` both expanded to one entry per output pixel instead,
+      ``brow[0, o, oh*OW + ow]`` (row class ``row_cls[oh]``), for short output rows,
     * ``pinv[s, r, cl, j] = I_s`` (int64, per segment),
     * ``sum_w[r, cl, o] = sum_s S^P_{w,s}`` and ``n_valid[r, cl, g] = sum_s N_s`` (int64; the
       raw counts of :func:`adabin_np.packed_conv_counts`).
@@ -60,7 +62,7 @@ def border_tables(pcw, seg_n, seg_ca, g_seg0, g_seg1, alpha_w, beta_w, shift, r_
     sum_w = np.empty((nr, nc, o_), dtype=np.int64)
     pinv = np.empty((n_seg, nr, nc, og), dtype=np.int64)
     n_valid = np.empty((nr, nc, groups), dtype=np.int64)
-    for o in range(o_):
+    for o in prange(o_):
         g = o // og
         j = o % og
         d_w = alpha_w[o]
@@ -94,13 +96,24 @@ def border_tables(pcw, seg_n, seg_ca, g_seg0, g_seg1, alpha_w, beta_w, shift, r_
                 if j == 0:
                     n_valid[r, cl, g] = nv_tot
     out_w = col_cls.shape[0]
-    brow = np.empty((nr, o_, out_w))
-    krow = np.empty((nr, o_, out_w), dtype=np.int64)
-    for r in range(nr):
-        for o in range(o_):
-            for ow in range(out_w):
-                brow[r, o, ow] = bias[r, col_cls[ow], o]
-                krow[r, o, ow] = ktab[r, col_cls[ow], o]
+    if per_pixel:
+        out_h = row_cls.shape[0]
+        brow = np.empty((1, o_, out_h * out_w))
+        krow = np.empty((1, o_, out_h * out_w), dtype=np.int64)
+        for o in prange(o_):
+            for oh in range(out_h):
+                r = row_cls[oh]
+                for ow in range(out_w):
+                    brow[0, o, oh * out_w + ow] = bias[r, col_cls[ow], o]
+                    krow[0, o, oh * out_w + ow] = ktab[r, col_cls[ow], o]
+    else:
+        brow = np.empty((nr, o_, out_w))
+        krow = np.empty((nr, o_, out_w), dtype=np.int64)
+        for o in prange(o_):
+            for r in range(nr):
+                for ow in range(out_w):
+                    brow[r, o, ow] = bias[r, col_cls[ow], o]
+                    krow[r, o, ow] = ktab[r, col_cls[ow], o]
     return brow, krow, pinv, sum_w, n_valid
 
 

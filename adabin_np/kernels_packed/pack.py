@@ -22,7 +22,10 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange
+from llvmlite import ir
+from numba import njit, prange, types
+from numba.core import cgutils
+from numba.core.extending import intrinsic
 
 from .microkernel import _popcount
 
@@ -130,120 +133,376 @@ def _pow2_factors(k):
     return math.ldexp(1.0, np.int32(k)), 1.0
 
 
-@njit(cache=True, fastmath={"nnan", "ninf", "nsz"}, error_model="numpy")
-def _max_abs_dev(row, m):
-    """``max |row - m|`` (any summation order gives the same maximum, so it may vectorise;
-    finite inputs)."""
-    best = 0.0
-    for j in range(row.shape[0]):
-        best = max(best, abs(row[j] - m))
-    return best
+# ----------------------------------------------------------------------------------------------
+# weight_pack: rows in SIMD lanes
+# ----------------------------------------------------------------------------------------------
+#
+# A block of _LANES output channels (rows of w2) is processed together, one row per lane of an
+# LLVM ``<_LANES x double>`` vector, so each lane's sum is still the sequential float64 sum in
+# index order of its own row (IEEE arithmetic is lane-wise; no fast-math flag is set on any
+# floating-point instruction, so LLVM neither reassociates nor contracts to FMA). The IR is
+# plain target-independent vector IR (LLVM legalises it to zmm, ymm or xmm registers), like
+# :mod:`.microkernel`.
+
+_LANES = 8  # rows per block = lanes per vector; also the bit width of one mask byte
+_TK = 8  # columns transposed per step of _lane_load
+
+_I1 = ir.IntType(1)
+_I32 = ir.IntType(32)
+_I64 = ir.IntType(64)
+_F64 = ir.DoubleType()
+_VF64 = ir.VectorType(_F64, _LANES)
+_VI64 = ir.VectorType(_I64, _LANES)
+_MASK = ir.IntType(_LANES)
+
+
+def _k64(v):
+    return ir.Constant(_I64, v)
+
+
+def _data(context, builder, ty, val):
+    return context.make_array(ty)(context, builder, val).data
+
+
+def _align(vty):
+    """Alignment of a vector access: that of one element."""
+    el = vty.element
+    return 8 if el == _F64 else 4 if isinstance(el, ir.FloatType) else max(1, el.width // 8)
+
+
+def _vload(builder, ptr, idx, vty):
+    ld = builder.load(builder.bitcast(builder.gep(ptr, [idx]), vty.as_pointer()))
+    ld.align = _align(vty)
+    return ld
+
+
+def _vstore(builder, val, ptr, idx):
+    st = builder.store(val, builder.bitcast(builder.gep(ptr, [idx]), val.type.as_pointer()))
+    st.align = _align(val.type)
+
+
+def _lane_vec(context, builder, ty, val):
+    """The ``<_LANES x double>`` held by a 1-D float64 lane array."""
+    return _vload(builder, _data(context, builder, ty, val), _k64(0), _VF64)
+
+
+def _scaled(builder, v, f1, f2):
+    """``(float64(v) * f1) * f2`` lane-wise: the power-of-two row scaling."""
+    if v.type.element != _F64:
+        v = builder.fpext(v, _VF64)
+    return builder.fmul(builder.fmul(v, f1), f2)
+
+
+def _is_float_array(t, ndim):
+    return (isinstance(t, types.Array) and t.ndim == ndim and t.layout == "C"
+            and t.dtype in (types.float32, types.float64))
+
+
+def _is_lane_array(t, dtype=types.float64):
+    return isinstance(t, types.Array) and t.ndim == 1 and t.layout == "C" and t.dtype == dtype
+
+
+@intrinsic
+def _lane_load(typingctx, w2, o0, wt, lo, hi, s):
+    """Transpose rows ``o0 .. o0+_LANES-1`` of ``w2`` ``(O, n)`` (rows past ``O-1`` repeat row
+    ``O-1``) into ``wt[j*_LANES + r]`` (``w2``'s dtype); ``lo``/``hi``: each lane's minimum and
+    maximum (float64; order-independent). For float32 ``w2`` also ``s``: each lane's sequential
+    float64 sum of the unscaled row, and returns True; float64: returns False, ``s`` untouched."""
+    if not (_is_float_array(w2, 2) and _is_lane_array(wt, w2.dtype)
+            and all(_is_lane_array(t) for t in (lo, hi, s))):
+        return None
+    sig = types.boolean(w2, types.int64, wt, lo, hi, s)
+
+    def codegen(context, builder, signature, args):
+        w2_, o0_, wt_, lo_, hi_, s_ = args
+        ty = signature.args
+        et = context.get_value_type(ty[0].dtype)
+        fused = et != _F64
+        arr = context.make_array(ty[0])(context, builder, w2_)
+        o_ = builder.extract_value(arr.shape, 0)
+        n = builder.extract_value(arr.shape, 1)
+        dp = _data(context, builder, ty[2], wt_)
+        evt = ir.VectorType(et, _LANES)
+        lacc = cgutils.alloca_once(builder, evt)
+        hacc = cgutils.alloca_once(builder, evt)
+        sacc = cgutils.alloca_once(builder, _VF64)
+        builder.store(ir.Constant(evt, [math.inf] * _LANES), lacc)
+        builder.store(ir.Constant(evt, [-math.inf] * _LANES), hacc)
+        builder.store(ir.Constant(_VF64, [0.0] * _LANES), sacc)
+        last = builder.sub(o_, _k64(1))
+        rows = []
+        for r in range(_LANES):
+            rr = builder.add(o0_, _k64(r))
+            rr = builder.select(builder.icmp_signed("<", rr, last), rr, last)
+            rows.append(builder.gep(arr.data, [builder.mul(rr, n)]))
+
+        def column(v):  # v: the _LANES rows' elements at one column j, in j order
+            a = builder.load(lacc)
+            builder.store(builder.select(builder.fcmp_ordered("<", v, a), v, a), lacc)
+            b = builder.load(hacc)
+            builder.store(builder.select(builder.fcmp_ordered(">", v, b), v, b), hacc)
+            if fused:
+                builder.store(builder.fadd(builder.load(sacc), builder.fpext(v, _VF64)), sacc)
+
+        nk = builder.sdiv(n, _k64(_TK))
+        with cgutils.for_range(builder, nk) as loop:
+            j = builder.mul(loop.index, _k64(_TK))
+            vecs = [_vload(builder, rows[r], j, ir.VectorType(et, _TK)) for r in range(_LANES)]
+            # log2(_LANES) interleave stages: [a0 b0 a1 b1 ..], then pairs, quads, ...
+            width, group = _TK, 1
+            while len(vecs) > 1:
+                mask = []
+                for k in range(_TK):
+                    mask += [k * group + g for g in range(group)]
+                    mask += [width + k * group + g for g in range(group)]
+                mask = ir.Constant(ir.VectorType(_I32, 2 * width), mask)
+                vecs = [builder.shuffle_vector(vecs[p], vecs[p + 1], mask)
+                        for p in range(0, len(vecs), 2)]
+                width, group = 2 * width, 2 * group
+            out = vecs[0]  # columns j .. j+_TK-1, each _LANES rows
+            _vstore(builder, out, dp, builder.mul(j, _k64(_LANES)))
+            for k in range(_TK):
+                column(builder.shuffle_vector(out, out, ir.Constant(
+                    ir.VectorType(_I32, _LANES), list(range(k * _LANES, (k + 1) * _LANES)))))
+        j0 = builder.mul(nk, _k64(_TK))
+        with cgutils.for_range(builder, builder.sub(n, j0)) as loop:
+            j = builder.add(j0, loop.index)
+            v = ir.Constant(evt, ir.Undefined)
+            for r in range(_LANES):
+                v = builder.insert_element(v, builder.load(builder.gep(rows[r], [j])),
+                                           ir.Constant(_I32, r))
+            _vstore(builder, v, dp, builder.mul(j, _k64(_LANES)))
+            column(v)
+        lv = builder.load(lacc)
+        hv = builder.load(hacc)
+        if fused:
+            lv = builder.fpext(lv, _VF64)
+            hv = builder.fpext(hv, _VF64)
+        _vstore(builder, lv, _data(context, builder, ty[3], lo_), _k64(0))
+        _vstore(builder, hv, _data(context, builder, ty[4], hi_), _k64(0))
+        if fused:
+            _vstore(builder, builder.load(sacc), _data(context, builder, ty[5], s_), _k64(0))
+        return ir.Constant(_I1, 1 if fused else 0)
+
+    return sig, codegen
+
+
+@intrinsic
+def _lane_sum(typingctx, wt, f1, f2, s):
+    """``s``: each lane's sequential float64 sum of its scaled column values
+    ``(wt[j*_LANES + r] * f1[r]) * f2[r]``, ``j = 0, 1, ...`` (float64 ``w2``)."""
+    if not (_is_float_array(wt, 1) and all(_is_lane_array(t) for t in (f1, f2, s))):
+        return None
+    sig = types.void(wt, f1, f2, s)
+
+    def codegen(context, builder, signature, args):
+        wt_, f1_, f2_, s_ = args
+        ty = signature.args
+        evt = ir.VectorType(context.get_value_type(ty[0].dtype), _LANES)
+        wa = context.make_array(ty[0])(context, builder, wt_)
+        n = builder.sdiv(builder.extract_value(wa.shape, 0), _k64(_LANES))
+        f1v = _lane_vec(context, builder, ty[1], f1_)
+        f2v = _lane_vec(context, builder, ty[2], f2_)
+        acc = cgutils.alloca_once(builder, _VF64)
+        builder.store(ir.Constant(_VF64, [0.0] * _LANES), acc)
+        with cgutils.for_range(builder, n) as loop:
+            v = _scaled(builder, _vload(builder, wa.data, builder.mul(loop.index, _k64(_LANES)),
+                                        evt), f1v, f2v)
+            builder.store(builder.fadd(builder.load(acc), v), acc)
+        _vstore(builder, builder.load(acc), _data(context, builder, ty[3], s_), _k64(0))
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def _lane_squares_signs(typingctx, wt, cg, taps, f1, f2, m, cr, msk, ss, ties):
+    """One pass over the scaled columns ``v`` (``j = c*taps + t`` in order): ``ss``: each lane's
+    sequential sum of ``((v - m)/cr)**2``; ``msk[t*CP + c]`` (``CP = len(msk) // taps``): byte
+    whose bit ``r`` is ``v >= m[r]``; ``ties``: each lane's count of ``v == m``."""
+    if not (_is_float_array(wt, 1) and all(_is_lane_array(t) for t in (f1, f2, m, cr, ss))
+            and _is_lane_array(msk, types.uint8) and _is_lane_array(ties, types.int64)):
+        return None
+    sig = types.void(wt, types.int64, types.int64, f1, f2, m, cr, msk, ss, ties)
+
+    def codegen(context, builder, signature, args):
+        wt_, cg_, taps_, f1_, f2_, m_, cr_, msk_, ss_, ties_ = args
+        ty = signature.args
+        evt = ir.VectorType(context.get_value_type(ty[0].dtype), _LANES)
+        wp = _data(context, builder, ty[0], wt_)
+        f1v = _lane_vec(context, builder, ty[3], f1_)
+        f2v = _lane_vec(context, builder, ty[4], f2_)
+        mv = _lane_vec(context, builder, ty[5], m_)
+        cv = _lane_vec(context, builder, ty[6], cr_)
+        ma = context.make_array(ty[7])(context, builder, msk_)
+        cp = builder.sdiv(builder.extract_value(ma.shape, 0), taps_)
+        mp = builder.bitcast(ma.data, _MASK.as_pointer())
+        sacc = cgutils.alloca_once(builder, _VF64)
+        tacc = cgutils.alloca_once(builder, _VI64)
+        builder.store(ir.Constant(_VF64, [0.0] * _LANES), sacc)
+        builder.store(ir.Constant(_VI64, [0] * _LANES), tacc)
+        with cgutils.for_range(builder, cg_) as lc:
+            c = lc.index
+            j0 = builder.mul(c, taps_)
+            with cgutils.for_range(builder, taps_) as lt:
+                t = lt.index
+                j = builder.add(j0, t)
+                v = _scaled(builder, _vload(builder, wp, builder.mul(j, _k64(_LANES)), evt),
+                            f1v, f2v)
+                d = builder.fdiv(builder.fsub(v, mv), cv)
+                builder.store(builder.fadd(builder.load(sacc), builder.fmul(d, d)), sacc)
+                ge = builder.bitcast(builder.fcmp_ordered(">=", v, mv), _MASK)
+                builder.store(ge, builder.gep(mp, [builder.add(builder.mul(t, cp), c)]))
+                eq = builder.zext(builder.fcmp_ordered("==", v, mv), _VI64)
+                builder.store(builder.add(builder.load(tacc), eq), tacc)
+        _vstore(builder, builder.load(sacc), _data(context, builder, ty[8], ss_), _k64(0))
+        _vstore(builder, builder.load(tacc), _data(context, builder, ty[9], ties_), _k64(0))
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@intrinsic
+def _lane_words(typingctx, msk, r, words, o):
+    """``words[o, t, q]`` (all ``t``, ``q``) = bit ``r`` of the 64 mask bytes
+    ``msk[t*CP + 64*q ..]`` (``CP = 64 * words.shape[2]``), bit ``b`` from byte ``b``."""
+    if not (_is_lane_array(msk, types.uint8) and isinstance(words, types.Array)
+            and words.ndim == 3 and words.layout == "C" and words.dtype == types.uint64):
+        return None
+    sig = types.void(msk, types.int64, words, types.int64)
+
+    def codegen(context, builder, signature, args):
+        msk_, r_, words_, o_ = args
+        ty = signature.args
+        mp = _data(context, builder, ty[0], msk_)
+        wa = context.make_array(ty[2])(context, builder, words_)
+        taps = builder.extract_value(wa.shape, 1)
+        nw = builder.extract_value(wa.shape, 2)
+        vt = ir.VectorType(_MASK, 64)
+        bit = builder.shl(ir.Constant(_MASK, 1), builder.trunc(r_, _MASK))
+        sel = builder.insert_element(ir.Constant(vt, ir.Undefined), bit, ir.Constant(_I32, 0))
+        sel = builder.shuffle_vector(sel, ir.Constant(vt, ir.Undefined),
+                                     ir.Constant(ir.VectorType(_I32, 64), [0] * 64))
+        zero = ir.Constant(vt, [0] * 64)
+        base = builder.mul(builder.mul(o_, taps), nw)
+        with cgutils.for_range(builder, builder.mul(taps, nw)) as loop:
+            k = loop.index  # = t*nw + q, and the mask bytes start at t*CP + 64*q = 64*k
+            v = _vload(builder, mp, builder.mul(k, _k64(64)), vt)
+            bits = builder.icmp_unsigned("!=", builder.and_(v, sel), zero)
+            builder.store(builder.bitcast(bits, _I64), builder.gep(wa.data, [builder.add(base, k)]))
+        return context.get_dummy_value()
+
+    return sig, codegen
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
 def weight_pack(w2, cg, taps, n_words):
-    """Weight binary set and packed signs of ``w2`` ``(O, Cg*taps)``, one row block at a time.
+    r"""Weight binary set and packed signs of ``w2`` ``(O, Cg*taps)``, bit-identical to
+    :func:`adabin_np.binarize.weight_binary_set` and the float path's signs.
 
-    Mirrors :func:`adabin_np.binarize.weight_binary_set` bit for bit: each row is scaled by the
-    power of two ``2**-e`` that brings its largest magnitude into ``[0.5, 1)``
-    (:func:`~adabin_np.binarize.pow2_row_scale`; exact), the set of the scaled row is computed
-    with the operations of :func:`adabin_np.kernels_cpu.weight_stats` in the same order: the
-    sum and the sum of squares ``((W - m)/max|W - m|)**2`` are the same sequential float64
-    sums (four rows interleaved for instruction-level parallelism, the element-wise quotients
-    and squares computed vectorised beforehand: neither changes any rounding), the maxima are
-    order-independent; then scaled back by ``2**e``. Bits: ``u = (W_s - beta_s)/alpha_s >= 0``
-    as :func:`~adabin_np.kernels_cpu.weight_forward` on the scaled rows; since
-    ``0 < alpha_s < 2`` on a scaled row, a non-zero difference never divides to zero and the
-    sign of ``u`` is that of ``W_s - beta_s`` (``u == 0`` iff ``W_s == beta_s``), so no division
-    is needed (``alpha == 0``: all ones). Packed as ``words[o, t, q]`` (bit ``b`` = input
-    channel ``64*q + b`` at tap ``t``; tail bits 0). Returns ``(alpha, beta, words, ties)``;
-    ``ties`` counts ``u == 0`` in non-constant rows. ``w2`` float32 or float64 (promoted
-    exactly per element). The caller checks the result for non-finite values (NaN input).
+    The float path: each row is scaled by the power of two ``2**-e`` that brings its largest
+    magnitude into ``[0.5, 1)`` (:func:`~adabin_np.binarize.pow2_row_scale`:
+    ``W_s = ldexp(W, -e)``, rounded only where an element underflows), then
+    :func:`adabin_np.kernels_cpu.weight_stats` computes on ``W_s``: ``m`` = sequential float64
+    sum in index order ``/ n``; constant row: ``beta_s = W_s[0]``, ``alpha_s = 0``; else
+    ``beta_s = m``, ``scale = max|W_s - m|``, ``ss`` = sequential sum of
+    ``((W_s - m)/scale)**2``, ``alpha_s = scale*sqrt(ss/n)``; returned scaled back by ``2**e``.
+
+    Here ``_LANES`` = 8 rows at a time (``prange`` over groups of such blocks), one row per lane
+    of LLVM vector IR, each lane's sums sequential in index order as above:
+
+    1. :func:`_lane_load` transposes the block to ``wt[j, r]`` (``w2``'s dtype) and takes each
+       row's min and max (order-independent). ``e`` from ``max(hi, -lo)`` (``= max|W|``).
+       float32 ``w2``: the same pass sums the unscaled row in float64 sequentially; this is
+       exactly ``2**e`` times the sum of ``W_s``: float32 inputs are multiples of ``2**-149``
+       and ``-148 <= e <= 128``, so the scaled elements and every exact partial sum
+       ``2**-e*(P + w)`` are zero or normal doubles (``>= 2**-277``) and nothing overflows --
+       rounding commutes with the power-of-two scale at every step. float64 ``w2``: no such
+       guarantee (1e300 rows overflow, 1e-300 elements of a 1e300 row underflow), so
+       :func:`_lane_sum` sums the scaled ``W_s`` in a separate pass.
+    2. Per row: the scaled min/max ``lo_s``/``hi_s`` (scaling is monotone, so they are the
+       min/max of ``W_s``); constant iff ``lo_s == hi_s`` and the sum is not NaN (a NaN
+       escapes min/max but not the sum; -0.0 == 0.0 as in ``weight_stats``'s ``!=`` test);
+       ``scale = max(hi_s - m, m - lo_s)``: ``W_s -> fl(W_s - m)`` is monotone, so
+       ``max |fl(W_s - m)|`` is attained at ``lo_s`` or ``hi_s`` (``fl(m - lo_s) =
+       -fl(lo_s - m)``), whatever side of the range ``m`` falls on.
+    3. :func:`_lane_squares_signs`: one pass over the scaled columns computing ``ss``
+       (division, square, sequential add: the float path's operations), the sign bytes
+       ``W_s >= beta_s`` (bit ``r`` of byte ``(t, c)``; on a scaled row ``0 < alpha_s < 2``,
+       so a non-zero difference never divides to zero and ``u >= 0`` iff ``W_s >= beta_s``,
+       ``u == 0`` iff ``W_s == beta_s``: no division needed) and the tie counts.
+    4. :func:`_lane_words`: word ``(t, q)`` of row ``r`` is bit ``r`` of 64 sign bytes, one
+       vector ``and`` + compare to a 64-bit mask. A row with ``alpha_s == 0`` packs all ones.
+
+    Packed as ``words[o, t, q]`` (bit ``b`` = input channel ``64*q + b`` at tap ``t``; tail
+    bits 0). Returns ``(alpha, beta, words, ties)``; ``ties`` counts ``u == 0`` in non-constant
+    rows. ``w2`` float32 or float64. Non-finite input gives a non-finite ``beta`` (NaN or an
+    infinity reaches the sum); the caller checks for that.
     """
+    w2 = np.ascontiguousarray(w2)
     o_, n_ = w2.shape
+    if cg < 1 or taps < 1 or n_ != cg * taps or n_words * 64 < cg:
+        raise ValueError("weight_pack: w2 must have cg*taps columns and n_words*64 >= cg >= 1")
+    L = _LANES
     alpha = np.empty(o_)
     beta = np.empty(o_)
-    words = np.zeros((o_, taps, n_words), dtype=np.uint64)
-    R = 4
-    nb = (o_ + R - 1) // R
-    ties = np.zeros(nb, dtype=np.int64)
-    for blk in prange(nb):
-        o0 = blk * R
-        nr = min(R, o_ - o0)
-        ws = np.zeros((R, n_))
-        sq = np.zeros((R, n_))
-        ex = np.zeros(R, dtype=np.int64)
-        for r in range(nr):
-            peak = 0.0
-            for j in range(n_):
-                v = abs(np.float64(w2[o0 + r, j]))
-                peak = v if v > peak else peak
-            e = math.frexp(peak)[1]
-            ex[r] = e
-            f1, f2 = _pow2_factors(-e)
-            for j in range(n_):
-                ws[r, j] = (np.float64(w2[o0 + r, j]) * f1) * f2
-        s0 = 0.0
-        s1 = 0.0
-        s2 = 0.0
-        s3 = 0.0
-        for j in range(n_):
-            s0 += ws[0, j]
-            s1 += ws[1, j]
-            s2 += ws[2, j]
-            s3 += ws[3, j]
-        m = np.array([s0 / n_, s1 / n_, s2 / n_, s3 / n_])
-        const = np.zeros(R, dtype=np.bool_)
-        sc = np.zeros(R)
-        for r in range(R):
-            diff = 0
-            f = ws[r, 0]
-            for j in range(n_):
-                diff += ws[r, j] != f
-            const[r] = diff == 0
-            sc[r] = _max_abs_dev(ws[r], m[r])
-            mr = m[r]
-            cr = sc[r] if sc[r] > 0.0 else 1.0
-            for j in range(n_):
-                d = (ws[r, j] - mr) / cr
-                sq[r, j] = d * d
-        q0 = 0.0
-        q1 = 0.0
-        q2 = 0.0
-        q3 = 0.0
-        for j in range(n_):
-            q0 += sq[0, j]
-            q1 += sq[1, j]
-            q2 += sq[2, j]
-            q3 += sq[3, j]
-        sss = (q0, q1, q2, q3)
+    words = np.empty((o_, taps, n_words), dtype=np.uint64)
+    nb = (o_ + L - 1) // L
+    # up to 64 tasks (get_num_threads() would make the function uncacheable); a task reuses
+    # its buffers over its run of blocks
+    n_tasks = min(nb, 64)
+    ties = np.zeros(max(n_tasks, 1), dtype=np.int64)
+    for task in prange(n_tasks):
+        wt = np.empty(n_ * L, dtype=w2.dtype)
+        msk = np.zeros(taps * n_words * 64, dtype=np.uint8)  # bytes past cg stay 0 (tail bits)
+        lane = np.empty((8, L))
+        lo, hi, s, f1, f2, m, cr, ss = lane[0], lane[1], lane[2], lane[3], lane[4], lane[5], \
+            lane[6], lane[7]
+        ex = np.empty(L, dtype=np.int64)
+        tl = np.empty(L, dtype=np.int64)
+        const = np.empty(L, dtype=np.bool_)
         t_count = 0
-        for r in range(nr):
-            o = o0 + r
-            if const[r]:
-                a_s = 0.0
-                b_s = ws[r, 0]
+        for blk in range(task * nb // n_tasks, (task + 1) * nb // n_tasks):
+            o0 = blk * L
+            fused = _lane_load(w2, o0, wt, lo, hi, s)
+            for r in range(L):
+                e = math.frexp(max(hi[r], -lo[r]))[1]
+                ex[r] = e
+                f1[r], f2[r] = _pow2_factors(-e)
+            if fused:
+                for r in range(L):
+                    s[r] = (s[r] * f1[r]) * f2[r]
             else:
-                b_s = m[r]
-                a_s = sc[r] * math.sqrt(sss[r] / n_) if sc[r] > 0.0 else 0.0
-            f1, f2 = _pow2_factors(ex[r])
-            alpha[o] = (a_s * f1) * f2
-            beta[o] = (b_s * f1) * f2
-            if a_s == 0.0:
-                for cc in range(cg):
-                    bit = _U64_ONE << np.uint64(cc & 63)
-                    for t in range(taps):
-                        words[o, t, cc >> 6] |= bit
-            else:
-                for t in range(taps):
+                _lane_sum(wt, f1, f2, s)
+            for r in range(L):
+                m[r] = s[r] / n_
+                lo_s = (lo[r] * f1[r]) * f2[r]
+                hi_s = (hi[r] * f1[r]) * f2[r]
+                const[r] = lo_s == hi_s and s[r] == s[r]
+                sc = max(hi_s - m[r], m[r] - lo_s)
+                cr[r] = sc if sc > 0.0 else 1.0
+            _lane_squares_signs(wt, cg, taps, f1, f2, m, cr, msk, ss, tl)
+            for r in range(min(L, o_ - o0)):
+                o = o0 + r
+                if const[r]:
+                    a_s = 0.0
+                    b_s = (np.float64(wt[r]) * f1[r]) * f2[r]
+                else:
+                    b_s = m[r]
+                    a_s = cr[r] * math.sqrt(ss[r] / n_)
+                g1, g2 = _pow2_factors(ex[r])
+                alpha[o] = (a_s * g1) * g2
+                beta[o] = (b_s * g1) * g2
+                if a_s == 0.0:
                     for q in range(n_words):
-                        word = _U64_ZERO
-                        for b in range(min(64, cg - q * 64)):
-                            wv = ws[r, (q * 64 + b) * taps + t]
-                            word |= (_U64_ONE << np.uint64(b)) if wv >= b_s else _U64_ZERO
-                            t_count += 1 if wv == b_s else 0
-                        words[o, t, q] = word
-        ties[blk] = t_count
+                        k = min(64, max(0, cg - q * 64))
+                        word = ~_U64_ZERO if k == 64 else (_U64_ONE << np.uint64(k)) - _U64_ONE
+                        for t in range(taps):
+                            words[o, t, q] = word
+                else:
+                    t_count += tl[r]
+                    _lane_words(msk, r, words, o)
+        ties[task] = t_count
     return alpha, beta, words, ties.sum()
 
 
@@ -299,21 +558,25 @@ def pack_weight_layout(words, cg, chan_word, chan_bit, g_w0, wgm, j_block, n_blk
     return wtb
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, parallel=True, error_model="numpy")
 def weight_tap_popcounts(wtb, seg_w0, seg_w1, seg_group, g_w0, wgm, og, taps):
     """``pcw[s, t, j]``: popcount of output channel ``j`` (of segment ``s``'s group) at tap
-    ``t`` over the words of segment ``s`` (the number of ``s_w = +1`` bits there)."""
+    ``t`` over the words of segment ``s`` (the number of ``s_w = +1`` bits there). Parallel
+    over (segment, tap); each reads its weight rows block by block, contiguously."""
     j_block = wtb.shape[2]
     n_blk = wtb.shape[0] // g_w0.shape[0]
     n_seg = seg_w0.shape[0]
     pcw = np.zeros((n_seg, taps, og), dtype=np.int64)
-    for s in range(n_seg):
+    for st in prange(n_seg * taps):
+        s = st // taps
+        t = st % taps
         g = seg_group[s]
-        for t in range(taps):
-            for q in range(seg_w0[s], seg_w1[s]):
-                row = t * wgm + q - g_w0[g]
-                for j in range(og):
-                    pcw[s, t, j] += _popcount(wtb[g * n_blk + j // j_block, row, j % j_block])
+        for q in range(seg_w0[s], seg_w1[s]):
+            row = t * wgm + q - g_w0[g]
+            for b in range(n_blk):
+                j0 = b * j_block
+                for jj in range(min(j_block, og - j0)):
+                    pcw[s, t, j0 + jj] += _popcount(wtb[g * n_blk + b, row, jj])
     return pcw
 
 
