@@ -246,7 +246,9 @@ def test_every_work_split_and_fused_epilogue_give_the_same_bits(tile, case, monk
     splits = {(r, b) for r in range(1, p.out_h + 1) for b in range(1, n_blk + 1)}
     for rows, bpt in sorted(splits):
         monkeypatch.setattr(P, "_work_split", lambda *a, _r=rows, _b=bpt, **k: (_r, _b))
+        pw._call_cache.clear()  # the split is part of the cached call plan
         y, _ = P._run_cpu(x, pw, alpha_c, beta_c, p, False)
+        assert next(iter(pw._call_cache.values()))[0][-2:] == (rows, bpt)
         np.testing.assert_array_equal(y, ref, err_msg=f"split {rows} rows x {bpt} blocks")
         y2, _ = P._run_cpu(x, pw, alpha_c, beta_c, p, False, residual=res, maxout=mo)
         # fused: computed in float64, rounded once; the composition above rounds ref first,
