@@ -124,3 +124,60 @@ def test_packed_weights_constructor_equals_pack_weights():
     np.testing.assert_array_equal(a.alpha, b.alpha)
     w[0, 0, 0, 0] = 100.0  # the object owns a copy
     np.testing.assert_array_equal(a.words, b.words)
+
+
+# ----------------------------------------------------------------------------------------------
+# the remembered-call fast path of packed_adabin_conv2d_prepacked
+# ----------------------------------------------------------------------------------------------
+
+
+def test_remembered_calls_never_skip_validation_or_serve_stale_results():
+    """A call whose arguments were validated before is served from a per-weights cache (only the
+    values of ``x`` are new). The class of bug this guards: a cache key that lets an argument
+    the validating route would refuse (``True`` for ``1``, ``alpha = 0``, a bad convention) or a
+    different argument (other dtype, strides, levels) reuse a remembered entry. Every call is
+    compared bit for bit with the same call on a fresh PackedWeights (validating route)."""
+    from adabin_np import packed as P
+
+    rng = np.random.default_rng(5)
+    w = rng.standard_normal((40, 70, 3, 3))
+    pw = ab.pack_weights(w)
+
+    def fresh(x, *args, **kw):
+        return ab.packed_adabin_conv2d_prepacked(x, ab.pack_weights(w), *args, **kw)
+
+    calls = [((0.8, 0.05), dict(padding=1)), ((0.8, 0.05), dict(padding=1, stride=2)),
+             ((1, 0), dict(padding=(1, 0))), ((-1.5, 0.25), dict(padding=1, dilation=2)),
+             ((0.8, 0.05), dict(padding=1, convention="official")), ((2.5, -0.1), {})]
+    for rnd in range(3):
+        for dtype in (np.float32, np.float64):
+            for (alpha, beta), kw in calls:
+                x = rng.standard_normal((2, 70, 9, 8)).astype(dtype)
+                y = ab.packed_adabin_conv2d_prepacked(x, pw, alpha, beta, **kw)
+                assert y.dtype == dtype
+                np.testing.assert_array_equal(y, fresh(x, alpha, beta, **kw))
+    assert len(pw._fast_cache) == len(calls) * 2  # every call above qualified and was remembered
+    x = rng.standard_normal((2, 70, 9, 8)).astype(np.float32)
+    # arguments the validating route refuses are refused after a remembered equal-valued call
+    with pytest.raises(TypeError, match="padding"):
+        ab.packed_adabin_conv2d_prepacked(x, pw, 0.8, 0.05, padding=True)
+    with pytest.raises(TypeError, match="stride"):
+        ab.packed_adabin_conv2d_prepacked(x, pw, 0.8, 0.05, padding=1, stride=(2, True))
+    with pytest.raises(ValueError, match="alpha"):
+        ab.packed_adabin_conv2d_prepacked(x, pw, 0.0, 0.05, padding=1)
+    with pytest.raises(ValueError, match="convention"):
+        ab.packed_adabin_conv2d_prepacked(x, pw, 0.8, 0.05, padding=1, convention="Paper")
+    with pytest.raises(TypeError):
+        ab.packed_adabin_conv2d_prepacked(x, pw, True, 0.05, padding=1)
+    bad = x.copy()
+    bad[1, 3, 2, 2] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        ab.packed_adabin_conv2d_prepacked(bad, pw, 0.8, 0.05, padding=1)
+    with pytest.raises(ValueError, match="channels"):
+        ab.packed_adabin_conv2d_prepacked(x[:, :64].copy(), pw, 0.8, 0.05, padding=1)
+    # other memory layouts and types take the validating route and agree with it
+    for other in (np.asfortranarray(x), x.astype(">f4"), x[:, :, ::-1], x.astype(np.float16)):
+        y = ab.packed_adabin_conv2d_prepacked(other, pw, 0.8, 0.05, padding=1)
+        np.testing.assert_array_equal(y, fresh(np.array(other), 0.8, 0.05, padding=1))
+    assert P._fast_key(x, pw, np.float64(0.8), 0.05, 1, 1, 1, 1, "paper", "cpu", False) is None
+    assert P._fast_key(x, pw, 0.8, 0.05, 1, 1, 1, 1, "paper", "cpu", True) is None
