@@ -578,23 +578,40 @@ def _h_chunk(h_, other_tasks, *, min_tasks=8):
     return -(-h_ // chunks)
 
 
-def _work_split(out_h, out_w, n_blk, other_tasks, *, min_tasks=None, max_pixels=448):
-    """``(rows_per_task, blocks_per_task)`` of the convolution: a task covers at most
-    ``max_pixels`` output pixels (its buffers stay in L2) and all output blocks when there are
-    at least ``min_tasks`` tasks anyway (default: twice the Numba thread count); otherwise the
-    blocks are split first and then the rows. Blocks first: a task that keeps its whole pixel
-    range fills every microkernel tile (a 7-pixel row leaves 5 of 12 tile slots empty) and
-    builds its activation offsets once for more work (measured at batch 1, 2 threads, Zen 5:
-    512ch 7x7 88 -> 59 us, 256ch 14x14 86 -> 67 us in the kernel)."""
-    if min_tasks is None:
-        min_tasks = 2 * numba.get_num_threads()
+def _work_split(out_h, out_w, n_blk, other_tasks, *, threads=None, max_pixels=448):
+    """``(rows_per_task, blocks_per_task)`` of the convolution (measured at batch 1, 2 threads,
+    Zen 5; kernel times):
+
+    * a task covers at most ``max_pixels`` output pixels (its buffers stay in L2) and all
+      output blocks when there are at least ``2*threads`` tasks anyway (``threads``: the
+      Numba thread count by default; its activation offsets and popcounts are then built
+      once for every block);
+    * otherwise the blocks are split first and then the rows: a task that keeps its whole
+      pixel range fills every microkernel tile (a 7-pixel row leaves 5 of 12 tile slots
+      empty) and builds its offsets once for more work (512ch 7x7 88 -> 59 us, 256ch 14x14
+      86 -> 67 us);
+    * with few tasks (< 8 per thread), the row count (down to half) whose task count divides
+      best among the threads (64ch 56x56: 8 rows = 7 tasks leave a thread idle for 1/8 of
+      the time; 7 rows = 8 tasks).
+    """
+    if threads is None:
+        threads = numba.get_num_threads()
+    min_tasks = 2 * threads
     rows = max(1, min(out_h, max_pixels // out_w))
     bpt = n_blk
-    chunks = -(-out_h // rows)
-    while bpt > 1 and other_tasks * chunks * -(-n_blk // bpt) < min_tasks:
+
+    def tasks(r, b):
+        return other_tasks * -(-out_h // r) * -(-n_blk // b)
+
+    while bpt > 1 and tasks(rows, bpt) < min_tasks:
         bpt = -(-bpt // 2)
-    while rows > 1 and other_tasks * -(-out_h // rows) * -(-n_blk // bpt) < min_tasks:
+    while rows > 1 and tasks(rows, bpt) < min_tasks:
         rows = -(-rows // 2)
+    if tasks(rows, bpt) < 8 * threads:
+        def waste(r):
+            t = tasks(r, bpt)
+            return -(-t // threads) * threads / t
+        rows = min(range(rows, max(1, rows // 2) - 1, -1), key=lambda r: (waste(r), -r))
     return rows, bpt
 
 

@@ -36,12 +36,16 @@ def _popc(a):
     return np.unpackbits(a.view(np.uint8)).reshape(a.shape + (64,)).sum(-1).astype(np.int64)
 
 
-@pytest.mark.parametrize("variant", sorted(MK.TILES))
+@pytest.mark.parametrize("variant,single", [(v, s) for v in sorted(MK.TILES)
+                                            for s in (False, True)])
 @pytest.mark.parametrize("taps,wgm,q0,nq", [(1, 1, 0, 1), (9, 1, 0, 1), (9, 3, 1, 2),
-                                            (4, 8, 0, 8), (2, 5, 4, 1)])
-def test_tile_matches_numpy(variant, taps, wgm, q0, nq):
+                                            (4, 8, 0, 8), (2, 5, 4, 1), (9, 3, 2, 1)])
+def test_tile_matches_numpy(variant, single, taps, wgm, q0, nq):
+    """Every tile, and its one-word (``nq == 1``) variant where that applies."""
     name, tp, jb = MK.TILES[variant]
-    tile = getattr(MK, name)
+    if single and nq != 1:
+        pytest.skip("the one-word variant serves nq == 1 only")
+    tile = getattr(MK, name + "_w1" if single else name)
     rng = np.random.default_rng(taps * 31 + wgm)
     xa = rng.integers(0, 2**63, size=200, dtype=np.int64).view(np.uint64) * np.uint64(3)
     offs = rng.integers(0, 200 - wgm, size=taps * tp).astype(np.int64)
@@ -128,7 +132,7 @@ def test_avx2_only_cpu_path_in_a_subprocess():
             y = P.packed_adabin_conv2d(x, w, a, b, padding=1)
             yf = ab.adabin_conv2d(x, w, a, b, padding=1)
             assert np.allclose(y, yf, rtol=1e-9, atol=1e-9 * np.abs(yf).max()), "mismatch"
-        # both microkernels, compiled fresh (uncached) for this target: no AVX-512 in them
+        # all microkernels, compiled fresh (uncached) for this target: no AVX-512 in them
         from numba import njit
         from adabin_np.kernels_packed import microkernel as MK
 
@@ -136,6 +140,8 @@ def test_avx2_only_cpu_path_in_a_subprocess():
         def both(xa, offs, wb, xout):
             MK.tile_6x32_avx512(xa, offs, 0, wb, 0, 9, 2, 0, 2, xout, 0, 14, xout, 600)
             MK.tile_4x8_avx2(xa, offs, 0, wb, 0, 9, 2, 0, 2, xout, 0, 14, xout, 600)
+            MK.tile_6x32_avx512_w1(xa, offs, 0, wb, 0, 9, 2, 0, 1, xout, 0, 14, xout, 600)
+            MK.tile_4x8_avx2_w1(xa, offs, 0, wb, 0, 9, 2, 0, 1, xout, 0, 14, xout, 600)
 
         u8, i8 = np.zeros(4096, np.uint64), np.zeros(4096, np.int64)
         both(u8, i8, u8, i8)

@@ -26,7 +26,8 @@ from __future__ import annotations
 import numpy as np
 from numba import njit, prange
 
-from .microkernel import tile_4x8_avx2, tile_6x32_avx512
+from .microkernel import (tile_4x8_avx2, tile_4x8_avx2_w1, tile_6x32_avx512,
+                          tile_6x32_avx512_w1)
 
 __all__ = ["border_tables", "bconv_forward", "popcount_roofline"]
 
@@ -121,7 +122,14 @@ def border_tables(pcw, seg_n, seg_ca, g_seg0, g_seg1, alpha_w, beta_w, shift, r_
 def _tile(variant, xa, offs, obase, wb, wbase, taps, wgm, q0, nq, xout, xbase, xstride, aout,
           abase):
     if variant == 0:
-        tile_6x32_avx512(xa, offs, obase, wb, wbase, taps, wgm, q0, nq, xout, xbase, xstride,
+        if nq == 1:
+            tile_6x32_avx512_w1(xa, offs, obase, wb, wbase, taps, wgm, q0, nq, xout, xbase,
+                                xstride, aout, abase)
+        else:
+            tile_6x32_avx512(xa, offs, obase, wb, wbase, taps, wgm, q0, nq, xout, xbase, xstride,
+                             aout, abase)
+    elif nq == 1:
+        tile_4x8_avx2_w1(xa, offs, obase, wb, wbase, taps, wgm, q0, nq, xout, xbase, xstride,
                          aout, abase)
     else:
         tile_4x8_avx2(xa, offs, obase, wb, wbase, taps, wgm, q0, nq, xout, xbase, xstride, aout,

@@ -45,11 +45,14 @@ from numba import njit, types
 from numba.core import cgutils
 from numba.core.extending import intrinsic
 
-__all__ = ["TILES", "popcount64", "tile_6x32_avx512", "tile_4x8_avx2"]
+__all__ = ["TILES", "popcount64", "tile_6x32_avx512", "tile_4x8_avx2", "tile_6x32_avx512_w1",
+           "tile_4x8_avx2_w1"]
 
 
-def _make_tile(P, n_vec, lanes):
-    """Build the intrinsic for a ``P x (n_vec*lanes)`` register block of ``<lanes x i64>``."""
+def _make_tile(P, n_vec, lanes, single_word=False):
+    """Build the intrinsic for a ``P x (n_vec*lanes)`` register block of ``<lanes x i64>``;
+    ``single_word=True``: a variant for ``nq == 1`` (one word per tap, <= 64 channels per
+    segment) without the word loop, whose per-tap overhead is then a third of the work."""
     J = n_vec * lanes
     if P > lanes:
         raise ValueError("the channel-major store transposes P x lanes blocks: P <= lanes")
@@ -98,8 +101,7 @@ def _make_tile(P, n_vec, lanes):
                     idx = builder.add(obase_, builder.add(builder.mul(t, c(P)), c(p)))
                     bases.append(builder.add(builder.load(builder.gep(op, [idx])), q0_))
                 wrow0 = builder.add(builder.mul(t, wgm_), q0_)
-                with cgutils.for_range(builder, nq_) as lq:
-                    q = lq.index
+                def word(q):
                     wo = builder.add(wbase_, builder.mul(builder.add(wrow0, q), c(J)))
                     ws = []
                     for v in range(n_vec):
@@ -117,6 +119,12 @@ def _make_tile(P, n_vec, lanes):
                         for v in range(n_vec):
                             pc = builder.call(ctpop, [builder.xor(av, ws[v])])
                             builder.store(builder.add(builder.load(accs[p][v]), pc), accs[p][v])
+
+                if single_word:  # nq == 1: no word loop at all
+                    word(c(0))
+                else:
+                    with cgutils.for_range(builder, nq_) as lq:
+                        word(lq.index)
             for p in range(P):
                 builder.store(builder.load(aacc[p]),
                               builder.gep(aoutp, [builder.add(abase_, c(p))]))
@@ -158,6 +166,8 @@ def _make_tile(P, n_vec, lanes):
 
 tile_6x32_avx512 = _make_tile(6, 4, 8)
 tile_4x8_avx2 = _make_tile(4, 2, 4)
+tile_6x32_avx512_w1 = _make_tile(6, 4, 8, single_word=True)
+tile_4x8_avx2_w1 = _make_tile(4, 2, 4, single_word=True)
 
 #: variant id -> (name, P, J); the id is what :func:`~.conv.bconv_forward` dispatches on
 TILES = {0: ("tile_6x32_avx512", 6, 32), 1: ("tile_4x8_avx2", 4, 8)}
