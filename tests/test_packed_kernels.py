@@ -58,7 +58,7 @@ def test_tile_matches_numpy(variant, single, taps, wgm, q0, nq):
 
     @njit
     def call(xa, offs, wb, xout, aout):
-        tile(xa, offs, 0, wb, 7, taps, wgm, q0, nq, xout, 5, stride, aout, 3)
+        tile(xa, offs, 0, tp, wb, 7, taps, wgm, q0, nq, xout, 5, stride, aout, 3)
 
     call(xa, offs, wb, xout, aout)
     want = np.zeros((tp, jb), dtype=np.int64)
@@ -138,10 +138,10 @@ def test_avx2_only_cpu_path_in_a_subprocess():
 
         @njit
         def both(xa, offs, wb, xout):
-            MK.tile_6x32_avx512(xa, offs, 0, wb, 0, 9, 2, 0, 2, xout, 0, 14, xout, 600)
-            MK.tile_4x8_avx2(xa, offs, 0, wb, 0, 9, 2, 0, 2, xout, 0, 14, xout, 600)
-            MK.tile_6x32_avx512_w1(xa, offs, 0, wb, 0, 9, 2, 0, 1, xout, 0, 14, xout, 600)
-            MK.tile_4x8_avx2_w1(xa, offs, 0, wb, 0, 9, 2, 0, 1, xout, 0, 14, xout, 600)
+            MK.tile_6x32_avx512(xa, offs, 0, 6, wb, 0, 9, 2, 0, 2, xout, 0, 14, xout, 600)
+            MK.tile_4x8_avx2(xa, offs, 0, 6, wb, 0, 9, 2, 0, 2, xout, 0, 14, xout, 600)
+            MK.tile_6x32_avx512_w1(xa, offs, 0, 6, wb, 0, 9, 2, 0, 1, xout, 0, 14, xout, 600)
+            MK.tile_4x8_avx2_w1(xa, offs, 0, 6, wb, 0, 9, 2, 0, 1, xout, 0, 14, xout, 600)
 
         u8, i8 = np.zeros(4096, np.uint64), np.zeros(4096, np.int64)
         both(u8, i8, u8, i8)

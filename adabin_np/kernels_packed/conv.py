@@ -119,21 +119,21 @@ def border_tables(pcw, seg_n, seg_ca, g_seg0, g_seg1, alpha_w, beta_w, shift, r_
 
 
 @njit(cache=True, inline="always", error_model="numpy")
-def _tile(variant, xa, offs, obase, wb, wbase, taps, wgm, q0, nq, xout, xbase, xstride, aout,
-          abase):
+def _tile(variant, xa, offs, obase, ostride, wb, wbase, taps, wgm, q0, nq, xout, xbase, xstride,
+          aout, abase):
     if variant == 0:
         if nq == 1:
-            tile_6x32_avx512_w1(xa, offs, obase, wb, wbase, taps, wgm, q0, nq, xout, xbase,
-                                xstride, aout, abase)
+            tile_6x32_avx512_w1(xa, offs, obase, ostride, wb, wbase, taps, wgm, q0, nq, xout,
+                                xbase, xstride, aout, abase)
         else:
-            tile_6x32_avx512(xa, offs, obase, wb, wbase, taps, wgm, q0, nq, xout, xbase, xstride,
-                             aout, abase)
+            tile_6x32_avx512(xa, offs, obase, ostride, wb, wbase, taps, wgm, q0, nq, xout, xbase,
+                             xstride, aout, abase)
     elif nq == 1:
-        tile_4x8_avx2_w1(xa, offs, obase, wb, wbase, taps, wgm, q0, nq, xout, xbase, xstride,
-                         aout, abase)
+        tile_4x8_avx2_w1(xa, offs, obase, ostride, wb, wbase, taps, wgm, q0, nq, xout, xbase,
+                         xstride, aout, abase)
     else:
-        tile_4x8_avx2(xa, offs, obase, wb, wbase, taps, wgm, q0, nq, xout, xbase, xstride, aout,
-                      abase)
+        tile_4x8_avx2(xa, offs, obase, ostride, wb, wbase, taps, wgm, q0, nq, xout, xbase,
+                      xstride, aout, abase)
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
@@ -198,35 +198,41 @@ def bconv_forward(xa, h_, w_, out_h, wtb, variant, tp, wgm, g_w0, og, seg_w0, se
         s0 = g_seg0[g]
         s1 = g_seg1[g]
         multi = s1 - s0 > 1 or raw
-        # per-tap word offsets of every pixel of the chunk, tile-major: offs[(it*taps + t)*tp + p]
-        offs = np.empty(n_tiles * taps * tp, dtype=np.int64)
+        # per-tap word offsets of every pixel of the chunk, tap-major: offs[t*npad + pix]
+        # (padded taps and the pixels past npx in the last tile -> the zero pixel); built one
+        # tap at a time over contiguous pixels, so the loop vectorises
+        npad = n_tiles * tp
+        offs = np.empty(taps * npad, dtype=np.int64)
+        ohs = np.empty(npad, dtype=np.int64)
+        ows = np.empty(npad, dtype=np.int64)
         ntap = np.zeros(npx, dtype=np.int64)  # valid taps per pixel
         zoff = zero_pix + qg
         oh = oh0
         ow = 0
-        for it in range(n_tiles):
-            for p in range(tp):
-                pix = it * tp + p
-                if pix < npx:
-                    rc = row_cls[oh]
-                    cl = col_cls[ow]
-                    ntap[pix] = (r_hi[rc] - r_lo[rc]) * (c_hi[cl] - c_lo[cl])
-                    for ki in range(kh):
-                        ih = oh * sh - ph + ki * dh
-                        for kj in range(kw):
-                            iw = ow * sw - pw + kj * dw
-                            t = ki * kw + kj
-                            if 0 <= ih < h_ and 0 <= iw < w_:
-                                offs[(it * taps + t) * tp + p] = ((n * h_ + ih) * w_ + iw) * cw + qg
-                            else:
-                                offs[(it * taps + t) * tp + p] = zoff
-                    ow += 1
-                    if ow == out_w:
-                        ow = 0
-                        oh += 1
-                else:
-                    for t in range(taps):
-                        offs[(it * taps + t) * tp + p] = zoff
+        for pix in range(npx):
+            ohs[pix] = oh
+            ows[pix] = ow
+            rc = row_cls[oh]
+            cl = col_cls[ow]
+            ntap[pix] = (r_hi[rc] - r_lo[rc]) * (c_hi[cl] - c_lo[cl])
+            ow += 1
+            if ow == out_w:
+                ow = 0
+                oh += 1
+        for pix in range(npx, npad):
+            ohs[pix] = -1 - (kh - 1) * dh - ph  # no tap of it is in bounds
+            ows[pix] = 0
+        img = n * h_ * w_
+        for ki in range(kh):
+            for kj in range(kw):
+                tb = (ki * kw + kj) * npad
+                dih = ki * dh - ph
+                diw = kj * dw - pw
+                for pix in range(npad):
+                    ih = ohs[pix] * sh + dih
+                    iw = ows[pix] * sw + diw
+                    ok = (ih >= 0) & (ih < h_) & (iw >= 0) & (iw < w_)
+                    offs[tb + pix] = ((img + ih * w_ + iw) * cw + qg) if ok else zoff
         # activation terms per pixel, qa = sum_s d_a (2 A_s - N_s), from the microkernel's
         # activation popcounts during the first block of the task
         qa = np.zeros(npx)
@@ -253,7 +259,7 @@ def bconv_forward(xa, h_, w_, out_h, wtb, variant, tp, wgm, g_w0, og, seg_w0, se
                 q0 = seg_w0[s] - qg
                 nq = seg_w1[s] - seg_w0[s]
                 for it in range(n_tiles):
-                    _tile(variant, xa_flat, offs, it * taps * tp, wtb_flat, wbase, taps, wgm,
+                    _tile(variant, xa_flat, offs, it * tp, npad, wtb_flat, wbase, taps, wgm,
                           q0, nq, xt_flat, it * tp, xstride, apc, it * tp)
                 if tiles_only:
                     continue
@@ -365,7 +371,7 @@ def popcount_roofline(variant, taps, wgm, reps, n_threads):
         tot = 0
         for r in range(reps):
             xa[r % xa.shape[0]] ^= np.uint64(r)
-            _tile(variant, xa, offs, 0, wb, 0, taps, wgm, 0, wgm, xout, 0, tp + 8, aout, 0)
+            _tile(variant, xa, offs, 0, tp, wb, 0, taps, wgm, 0, wgm, xout, 0, tp + 8, aout, 0)
             tot += xout[r % (tp * jb)]
         res[tid] = tot
     return res

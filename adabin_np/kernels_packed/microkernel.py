@@ -26,9 +26,11 @@ Tiles (file-level names state the register block, as in LCE's ``kernel_4x2_porta
 Call signature (all int64 scalars; arrays are 1-D C-contiguous, no bounds checks: the caller,
 :func:`adabin_np.kernels_packed.conv.bconv_forward`, guarantees every index is in range)::
 
-    tile(xa, offs, obase, wb, wbase, taps, wgm, q0, nq, xout, xbase, xstride, aout, abase)
-        xa   uint64 activations, offs int64: offs[obase + t*P + p] = word offset of pixel p
-             at tap t
+    tile(xa, offs, obase, ostride, wb, wbase, taps, wgm, q0, nq, xout, xbase, xstride, aout,
+         abase)
+        xa   uint64 activations, offs int64: offs[obase + t*ostride + p] = word offset of
+             pixel p at tap t (tap-major rows of pixels: the caller fills them with
+             contiguous, vectorised stores)
         wb   uint64 weights, block starting at wbase, laid out [t][wgm][J]
         xout int64, X[p, j] written to xout[xbase + j*xstride + p] (channel-major: the
              epilogue reads contiguous pixel runs per channel); xout[xbase + j*xstride + p]
@@ -58,25 +60,25 @@ def _make_tile(P, n_vec, lanes, single_word=False):
         raise ValueError("the channel-major store transposes P x lanes blocks: P <= lanes")
 
     @intrinsic
-    def tile(typingctx, xa, offs, obase, wb, wbase, taps, wgm, q0, nq, xout, xbase, xstride,
-             aout, abase):
+    def tile(typingctx, xa, offs, obase, ostride, wb, wbase, taps, wgm, q0, nq, xout, xbase,
+             xstride, aout, abase):
         for arr, dt in ((xa, types.uint64), (offs, types.int64), (wb, types.uint64),
                         (xout, types.int64), (aout, types.int64)):
             if not isinstance(arr, types.Array) or arr.dtype != dt or arr.ndim != 1:
                 return None
         i64t = types.int64
-        sig = types.void(xa, offs, i64t, wb, i64t, i64t, i64t, i64t, i64t, xout, i64t, i64t, aout,
-                         i64t)
+        sig = types.void(xa, offs, i64t, i64t, wb, i64t, i64t, i64t, i64t, i64t, xout, i64t, i64t,
+                         aout, i64t)
 
         def codegen(context, builder, signature, args):
-            (xa_, offs_, obase_, wb_, wbase_, taps_, wgm_, q0_, nq_, xout_, xbase_, xstride_,
-             aout_, abase_) = args
+            (xa_, offs_, obase_, ostride_, wb_, wbase_, taps_, wgm_, q0_, nq_, xout_, xbase_,
+             xstride_, aout_, abase_) = args
             ty = signature.args
             xp = context.make_array(ty[0])(context, builder, xa_).data
             op = context.make_array(ty[1])(context, builder, offs_).data
-            wp = context.make_array(ty[3])(context, builder, wb_).data
-            outp = context.make_array(ty[9])(context, builder, xout_).data
-            aoutp = context.make_array(ty[12])(context, builder, aout_).data
+            wp = context.make_array(ty[4])(context, builder, wb_).data
+            outp = context.make_array(ty[10])(context, builder, xout_).data
+            aoutp = context.make_array(ty[13])(context, builder, aout_).data
             i64 = ir.IntType(64)
             i32 = ir.IntType(32)
             vty = ir.VectorType(i64, lanes)
@@ -98,7 +100,7 @@ def _make_tile(P, n_vec, lanes, single_word=False):
                 t = lt.index
                 bases = []
                 for p in range(P):
-                    idx = builder.add(obase_, builder.add(builder.mul(t, c(P)), c(p)))
+                    idx = builder.add(obase_, builder.add(builder.mul(t, ostride_), c(p)))
                     bases.append(builder.add(builder.load(builder.gep(op, [idx])), q0_))
                 wrow0 = builder.add(builder.mul(t, wgm_), q0_)
                 def word(q):
