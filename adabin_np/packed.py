@@ -728,6 +728,10 @@ def _call_plan(pw, act, p, n_, h_, w_, variant, tp, jb):
     o_, cg, kh, kw = pw.shape
     groups = p.groups
     layout = act.layout
+    if 64 * layout.wgm * kh * kw >= 2**31:
+        # the kernel's counts are int32 (a count is at most 64 * words * taps)
+        raise ValueError(f"packed convolution: {cg} input channels per group x {kh}x{kw} taps "
+                         f"exceed the kernel's int32 counts; use adabin_conv2d")
     og = o_ // groups
     wtb, pcw = pw._kernel_weights(layout, groups, jb)
     _, _, row_cls, r_lo, r_hi = _tap_ranges(h_, kh, p.stride[0], p.padding[0], p.dilation[0],

@@ -51,7 +51,7 @@ def test_tile_matches_numpy(variant, single, taps, wgm, q0, nq):
     offs = rng.integers(0, 200 - wgm, size=taps * tp).astype(np.int64)
     wb = rng.integers(0, 2**63, size=7 + taps * wgm * jb, dtype=np.int64).view(np.uint64)
     stride = 13 + tp  # channel-major rows; the tile writes 8 - tp lanes past its pixels
-    xout = np.full(5 + jb * stride, -1, dtype=np.int64)
+    xout = np.full(5 + jb * stride, -1, dtype=np.int32)
     aout = np.full(3 + tp, -1, dtype=np.int64)
 
     from numba import njit
@@ -137,14 +137,14 @@ def test_avx2_only_cpu_path_in_a_subprocess():
         from adabin_np.kernels_packed import microkernel as MK
 
         @njit
-        def both(xa, offs, wb, xout):
-            MK.tile_6x32_avx512(xa, offs, 0, 6, wb, 0, 9, 2, 0, 2, xout, 0, 14, xout, 600)
-            MK.tile_4x8_avx2(xa, offs, 0, 6, wb, 0, 9, 2, 0, 2, xout, 0, 14, xout, 600)
-            MK.tile_6x32_avx512_w1(xa, offs, 0, 6, wb, 0, 9, 2, 0, 1, xout, 0, 14, xout, 600)
-            MK.tile_4x8_avx2_w1(xa, offs, 0, 6, wb, 0, 9, 2, 0, 1, xout, 0, 14, xout, 600)
+        def both(xa, offs, wb, xout, aout):
+            MK.tile_6x32_avx512(xa, offs, 0, 6, wb, 0, 9, 2, 0, 2, xout, 0, 14, aout, 600)
+            MK.tile_4x8_avx2(xa, offs, 0, 6, wb, 0, 9, 2, 0, 2, xout, 0, 14, aout, 600)
+            MK.tile_6x32_avx512_w1(xa, offs, 0, 6, wb, 0, 9, 2, 0, 1, xout, 0, 14, aout, 600)
+            MK.tile_4x8_avx2_w1(xa, offs, 0, 6, wb, 0, 9, 2, 0, 1, xout, 0, 14, aout, 600)
 
-        u8, i8 = np.zeros(4096, np.uint64), np.zeros(4096, np.int64)
-        both(u8, i8, u8, i8)
+        u8, i8, i4 = np.zeros(4096, np.uint64), np.zeros(4096, np.int64), np.zeros(4096, np.int32)
+        both(u8, i8, u8, i4, i8)
         asm = "".join(both.inspect_asm().values())
         assert "zmm" not in asm and "vpopcntq" not in asm, "AVX-512 code for an AVX2 CPU"
         assert "vpshufb" in asm and "ymm" in asm, "no AVX2 vector popcount"

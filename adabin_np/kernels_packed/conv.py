@@ -241,7 +241,7 @@ def bconv_forward(xa, h_, w_, out_h, wtb, variant, tp, wgm, g_w0, og, seg_w0, se
         # microkernel counts, channel-major (xt[jj, pix]), 8 entries of padding per row (the
         # tiles store whole vectors of pixels)
         xstride = n_tiles * tp + 8
-        xt = np.empty((jb, xstride), dtype=np.int64)
+        xt = np.empty((jb, xstride), dtype=np.int32)
         xt_flat = xt.reshape(xt.size)
         facc = np.zeros((npx, jb)) if multi else np.zeros((1, 1))
         xtot = np.zeros((npx, jb), dtype=np.int64) if raw else np.zeros((1, 1), dtype=np.int64)
@@ -366,7 +366,7 @@ def popcount_roofline(variant, taps, wgm, reps, n_threads):
         for t in range(taps):
             for p in range(tp):
                 offs[t * tp + p] = ((t + p) % (tp + 1)) * wgm
-        xout = np.zeros((tp + 8) * jb, dtype=np.int64)
+        xout = np.zeros((tp + 8) * jb, dtype=np.int32)
         aout = np.zeros(tp, dtype=np.int64)
         tot = 0
         for r in range(reps):

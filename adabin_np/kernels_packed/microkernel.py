@@ -32,7 +32,7 @@ Call signature (all int64 scalars; arrays are 1-D C-contiguous, no bounds checks
              pixel p at tap t (tap-major rows of pixels: the caller fills them with
              contiguous, vectorised stores)
         wb   uint64 weights, block starting at wbase, laid out [t][wgm][J]
-        xout int64, X[p, j] written to xout[xbase + j*xstride + p] (channel-major: the
+        xout int32, X[p, j] written to xout[xbase + j*xstride + p] (channel-major: the
              epilogue reads contiguous pixel runs per channel); xout[xbase + j*xstride + p]
              for P <= p < V is overwritten too (V = vector lanes), so rows need V - P
              entries of padding past the last tile and tiles run in increasing pixel order
@@ -63,7 +63,7 @@ def _make_tile(P, n_vec, lanes, single_word=False):
     def tile(typingctx, xa, offs, obase, ostride, wb, wbase, taps, wgm, q0, nq, xout, xbase,
              xstride, aout, abase):
         for arr, dt in ((xa, types.uint64), (offs, types.int64), (wb, types.uint64),
-                        (xout, types.int64), (aout, types.int64)):
+                        (xout, types.int32), (aout, types.int64)):
             if not isinstance(arr, types.Array) or arr.dtype != dt or arr.ndim != 1:
                 return None
         i64t = types.int64
@@ -130,13 +130,17 @@ def _make_tile(P, n_vec, lanes, single_word=False):
             for p in range(P):
                 builder.store(builder.load(aacc[p]),
                               builder.gep(aoutp, [builder.add(abase_, c(p))]))
-            # channel-major store: transpose each P x lanes block in registers (pixels padded
-            # to ``lanes`` with zeros; log2(lanes) butterfly stages, each swapping one bit of
-            # the pixel index with the same bit of the lane index), then one vector store of
-            # ``lanes`` pixels per channel at xout[xbase + j*xstride + p]. Lanes past P land
-            # on the next tile's first pixels (overwritten by it) or in the row padding.
+            # channel-major int32 store: narrow the counts (< 2**31, the caller checks), transpose
+            # each P x lanes block in registers (pixels padded to ``lanes`` with zeros;
+            # log2(lanes) butterfly stages, each swapping one bit of the pixel index with the
+            # same bit of the lane index), then one vector store of ``lanes`` pixels per
+            # channel at xout[xbase + j*xstride + p]. Lanes past P land on the next tile's
+            # first pixels (overwritten by it) or in the row padding.
+            v32 = ir.VectorType(i32, lanes)
+            zero32 = ir.Constant(v32, [0] * lanes)
             for v in range(n_vec):
-                rows = [builder.load(accs[p][v]) for p in range(P)] + [zero] * (lanes - P)
+                rows = ([builder.trunc(builder.load(accs[p][v]), v32) for p in range(P)]
+                        + [zero32] * (lanes - P))
                 bit = 1
                 while bit < lanes:
                     new = list(rows)
@@ -154,9 +158,9 @@ def _make_tile(P, n_vec, lanes, single_word=False):
                     bit <<= 1
                 for cc in range(lanes):
                     idx = builder.add(xbase_, builder.mul(c(v * lanes + cc), xstride_))
-                    ptr = builder.bitcast(builder.gep(outp, [idx]), vptr)
+                    ptr = builder.bitcast(builder.gep(outp, [idx]), v32.as_pointer())
                     st = builder.store(rows[cc], ptr)
-                    st.align = 8
+                    st.align = 4
             return context.get_dummy_value()
 
         return sig, codegen
