@@ -728,8 +728,9 @@ def _call_plan(pw, act, p, n_, h_, w_, variant, tp, jb):
     o_, cg, kh, kw = pw.shape
     groups = p.groups
     layout = act.layout
-    if 64 * layout.wgm * kh * kw >= 2**31:
-        # the kernel's counts are int32 (a count is at most 64 * words * taps)
+    if 3 * 64 * layout.wgm * kh * kw >= 2**31:
+        # the kernel's counts and its rescale table N + 2I are int32 (a count is at most
+        # N <= 64 * words * taps, and N + 2I <= 3N)
         raise ValueError(f"packed convolution: {cg} input channels per group x {kh}x{kw} taps "
                          f"exceed the kernel's int32 counts; use adabin_conv2d")
     og = o_ // groups

@@ -44,8 +44,9 @@ def border_tables(pcw, seg_n, seg_ca, g_seg0, g_seg1, alpha_w, beta_w, shift, r_
 
     * ``brow[r, o, ow] = B + shift[o]`` (float64, ``B = sum_s c_a[s] (d_w S^P_{w,s} + c_w N_s)``;
       ``shift`` is a folded BatchNorm's shift, zeros otherwise),
-    * ``krow[r, o, ow] = N + 2 I`` summed over segments (int64; the single-segment epilogue
-      computes ``N - 2 X^P = krow - 2 X`` exactly),
+    * ``krow[r, o, ow] = N + 2 I`` summed over segments (int32: ``0 <= I <= N`` and the
+      caller guarantees ``3 N < 2**31``; the single-segment epilogue computes
+      ``N - 2 X^P = krow - 2 X`` exactly in 32-bit integers),
     * with ``per_pixel=True`` both expanded to one entry per output pixel instead,
       ``brow[0, o, oh*OW + ow]`` (row class ``row_cls[oh]``), for short output rows,
     * ``pinv[s, r, cl, j] = I_s`` (int64, per segment),
@@ -100,7 +101,7 @@ def border_tables(pcw, seg_n, seg_ca, g_seg0, g_seg1, alpha_w, beta_w, shift, r_
     if per_pixel:
         out_h = row_cls.shape[0]
         brow = np.empty((1, o_, out_h * out_w))
-        krow = np.empty((1, o_, out_h * out_w), dtype=np.int64)
+        krow = np.empty((1, o_, out_h * out_w), dtype=np.int32)
         for o in prange(o_):
             for oh in range(out_h):
                 r = row_cls[oh]
@@ -109,7 +110,7 @@ def border_tables(pcw, seg_n, seg_ca, g_seg0, g_seg1, alpha_w, beta_w, shift, r_
                     krow[0, o, oh * out_w + ow] = ktab[r, col_cls[ow], o]
     else:
         brow = np.empty((nr, o_, out_w))
-        krow = np.empty((nr, o_, out_w), dtype=np.int64)
+        krow = np.empty((nr, o_, out_w), dtype=np.int32)
         for o in prange(o_):
             for r in range(nr):
                 for ow in range(out_w):
@@ -318,7 +319,9 @@ def bconv_forward(xa, h_, w_, out_h, wtb, variant, tp, wgm, g_w0, og, seg_w0, se
                         # one expression per element, plain indexing (a Numba view would cost
                         # an atomic reference count per row), unsigned indices (no
                         # negative-index wraparound code, so the loop vectorises);
-                        # |krow - 2X| = |N - 2 X^P| <= N < 2**31: exact in int32
+                        # |krow - 2X| = |N - 2 X^P| <= N < 2**31: exact in int32 (krow and X
+                        # are int32 and the wrapped difference is the exact one, so LLVM keeps
+                        # the arithmetic in 32-bit lanes)
                         for uo in range(np.uint64(run_len)):
                             y[n, o, ub + uo] = brow[rc, o, tb + uo] + d_w * (da0 * np.int32(
                                 krow[rc, o, tb + uo] - 2 * xt[jj, up + uo])) + c_w * qa[up + uo]
