@@ -5,7 +5,8 @@ with weights packed once, one-shot, torch float32 and the float64 oracle timed i
 stage breakdown, microkernel roofline, bandwidth bound; whole ResNet-18 row; see that package
 for the definitions) and writes
 
-* ``analysis/results/bench_packed.json`` -- the full result dict;
+* ``analysis/results/bench_packed.json`` -- the full result dict (``--name`` changes the stem);
+* ``analysis/results/bench_packed.txt``  -- the printed table;
 * ``analysis/results/bench_packed.png``  -- per batch size, median milliseconds per call (log
   scale, whiskers min-max) of each contender per layer, speedup over torch above the packed
   bar, and the bound as a black tick.
@@ -14,6 +15,7 @@ Usage (all options of ``adabin-np bench`` are accepted)::
 
     python analysis/bench_packed.py --threads 2 --batch 1 8
     python analysis/bench_packed.py --float-repeats 0 --out-dir /tmp/bench
+    NUMBA_CPU_NAME=haswell NUMBA_CPU_FEATURES=... python analysis/bench_packed.py --name bench_packed_avx2
 
 Timings are wall-clock: run on a quiet machine.
 """
@@ -88,12 +90,17 @@ def main(argv=None):
     bench.add_arguments(parser)
     parser.add_argument("--out-dir", type=Path, default=OUT,
                         help=f"output folder (default: {OUT})")
+    parser.add_argument("--name", default="bench_packed",
+                        help="file name stem of the JSON and PNG (default: bench_packed)")
     args = parser.parse_args(argv)
     args.out_dir.mkdir(parents=True, exist_ok=True)
     result = bench.run(args)
-    (args.out_dir / "bench_packed.json").write_text(json.dumps(result, indent=2))
-    plot(result, args.out_dir / "bench_packed.png")
-    print(f"wrote {args.out_dir / 'bench_packed.json'} and {args.out_dir / 'bench_packed.png'}")
+    out_json = args.out_dir / f"{args.name}.json"
+    out_png = args.out_dir / f"{args.name}.png"
+    out_json.write_text(json.dumps(result, indent=2))
+    (args.out_dir / f"{args.name}.txt").write_text(bench.format_table(result) + "\n")
+    plot(result, out_png)
+    print(f"wrote {out_json}, {out_png} and the table as .txt")
     return 0
 
 
