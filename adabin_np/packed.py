@@ -888,7 +888,11 @@ def packed_adabin_conv2d_prepacked(x, packed_weights, alpha, beta, *, stride=1, 
     the activations are binarized and packed (fused with the finiteness check) and the popcount
     kernel runs: the kernel weight layout, the per-tap weight popcounts and the border-class
     table (``sum_P(s_w)``, ``N``) are cached on the :class:`PackedWeights` per channel layout,
-    activation levels and geometry.
+    activation levels and geometry. A call whose arguments are all of exact plain types (an
+    ``ndarray`` of native float32/float64 that the kernels take as is, ``float``/``int``
+    ``alpha``/``beta``, int geometry, ``device="cpu"``, ``return_info=False``) is validated
+    once and then remembered on the :class:`PackedWeights` (:func:`_fast_key`): repeating it
+    costs one dictionary lookup before the kernels (which still check ``x`` for NaN/inf).
     """
     key = _fast_key(x, packed_weights, alpha, beta, stride, padding, dilation, groups,
                     convention, device, return_info)
