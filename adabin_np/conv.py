@@ -252,7 +252,8 @@ def _forward_from_packed_counts(x, w, wa, wbeta, alpha_c, beta_c, p, official):
     counts are the same exact integers the GEMM route computes, combined in the same order:
     bit-identical results.
     """
-    from .packed import _run_cpu, pack_weights  # packed imports this module
+    from .packed import pack_weights  # packed imports this module
+    from .packed.cpu import _run_cpu
 
     n_, c_, _, _ = x.shape
     o_ = w.shape[0]

@@ -36,6 +36,7 @@ import numpy as np
 from numba import njit, prange
 
 from . import packed as _P
+from .packed.cpu import _run_cpu
 from .conv import _blas_threads
 from .layers import (
     AdaBinConv2d,
@@ -267,7 +268,7 @@ class _PackedConv:
         p = conv_params(x.shape, self.pw.shape, c.stride, c.padding, c.dilation, c.groups)
         alpha_c, beta_c, _ = activation_params(self.alpha, self.beta, x.shape[1])
         out = bufs.get(key, (x.shape[0], self.pw.shape[0], p.out_h * p.out_w), x.dtype)
-        y, _ = _P._run_cpu(x, self.pw, alpha_c, beta_c, p, self.official, out=out,
+        y, _ = _run_cpu(x, self.pw, alpha_c, beta_c, p, self.official, out=out,
                            residual=residual, maxout=self.maxout)
         return y
 

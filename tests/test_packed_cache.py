@@ -137,7 +137,7 @@ def test_remembered_calls_never_skip_validation_or_serve_stale_results():
     the validating route would refuse (``True`` for ``1``, ``alpha = 0``, a bad convention) or a
     different argument (other dtype, strides, levels) reuse a remembered entry. Every call is
     compared bit for bit with the same call on a fresh PackedWeights (validating route)."""
-    from adabin_np import packed as P
+    from adabin_np.packed import conv as P
 
     rng = np.random.default_rng(5)
     w = rng.standard_normal((40, 70, 3, 3))

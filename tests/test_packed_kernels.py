@@ -24,6 +24,9 @@ import pytest
 import adabin_np as ab
 from adabin_np import kernels_packed as KP
 from adabin_np import packed as P
+from adabin_np.packed import arguments as PA
+from adabin_np.packed import cpu as PC
+from adabin_np.packed import layout as PL
 from adabin_np.binarize import pow2_row_scale
 from adabin_np.kernels_cpu import weight_stats
 from adabin_np.kernels_packed import microkernel as MK
@@ -194,8 +197,8 @@ def test_float32_thresholds_match_the_float64_rule(alpha, beta):
     x = np.array(cands, dtype=np.float32).reshape(1, 1, 1, -1)
     v = (x.astype(np.float64) - beta) / alpha
     want = v >= 0
-    xa, ties = P._pack_input(x, np.array([alpha]), np.array([beta]),
-                             P._act_plan(np.array([alpha]), np.array([beta]), 1, False, x.dtype))
+    xa, ties = PC._pack_input(x, np.array([alpha]), np.array([beta]),
+                             PL._act_plan(np.array([alpha]), np.array([beta]), 1, False, x.dtype))
     got = (xa[:-1, 0] & np.uint64(1)).astype(bool)
     np.testing.assert_array_equal(got, want.reshape(-1))
     assert ties == int(np.sum(v == 0))
@@ -241,8 +244,8 @@ def test_every_work_split_and_fused_epilogue_give_the_same_bits(tile, case, monk
         alpha, beta = 0.8, 0.05
     pw = P.pack_weights(w)
     ref = P.packed_adabin_conv2d_prepacked(x, pw, alpha, beta, stride=s, padding=pad)
-    alpha_c, beta_c = P._act_params(alpha, beta, c)
-    p = P._conv_params(x.shape, pw.shape, s, pad, 1, 1)
+    alpha_c, beta_c = PA._act_params(alpha, beta, c)
+    p = PA._conv_params(x.shape, pw.shape, s, pad, 1, 1)
     res = rng.standard_normal(ref.shape).astype(np.float32)
     mo = (rng.uniform(0.5, 2, o), rng.uniform(-0.5, 0.5, o))
     v = ref.astype(np.float64) + res
@@ -251,16 +254,16 @@ def test_every_work_split_and_fused_epilogue_give_the_same_bits(tile, case, monk
     n_blk = -(-o // KP.select_tile()[2])
     splits = {(r, b) for r in range(1, p.out_h + 1) for b in range(1, n_blk + 1)}
     for rows, bpt in sorted(splits):
-        monkeypatch.setattr(P, "_work_split", lambda *a, _r=rows, _b=bpt, **k: (_r, _b))
+        monkeypatch.setattr(PC, "_work_split", lambda *a, _r=rows, _b=bpt, **k: (_r, _b))
         pw._call_cache.clear()  # the split is part of the cached call plan
-        y, _ = P._run_cpu(x, pw, alpha_c, beta_c, p, False)
+        y, _ = PC._run_cpu(x, pw, alpha_c, beta_c, p, False)
         assert next(iter(pw._call_cache.values()))[0][-2:] == (rows, bpt)
         np.testing.assert_array_equal(y, ref, err_msg=f"split {rows} rows x {bpt} blocks")
-        y2, _ = P._run_cpu(x, pw, alpha_c, beta_c, p, False, residual=res, maxout=mo)
+        y2, _ = PC._run_cpu(x, pw, alpha_c, beta_c, p, False, residual=res, maxout=mo)
         # fused: computed in float64, rounded once; the composition above rounds ref first,
         # so compare at float32 resolution
         np.testing.assert_allclose(y2, fused_ref, rtol=2e-6, atol=1e-5 * np.abs(v).max(),
                                    err_msg=f"fused, split {rows} x {bpt}")
-        counts = P._run_cpu(x, pw, alpha_c, beta_c, p, False, raw=True)
+        counts = PC._run_cpu(x, pw, alpha_c, beta_c, p, False, raw=True)
         for a, b in zip(counts, counts_ref):
             np.testing.assert_array_equal(a, b, err_msg=f"raw counts, split {rows} x {bpt}")

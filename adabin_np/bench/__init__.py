@@ -107,20 +107,22 @@ def _stage_breakdown(x, pw, alpha, beta, repeats, clock=time.perf_counter):
     (see the module docstring): ``validation`` is the remembered-call lookup of
     :func:`~adabin_np.packed_adabin_conv2d_prepacked` (the call was made before)."""
     from .. import packed as P
+    from ..packed import conv as PC
+    from ..packed import cpu as PU
 
     P.packed_adabin_conv2d_prepacked(x, pw, alpha, beta, padding=1)  # remembered from here on
     acc = {}
     for _ in range(repeats):
         t0 = clock()
-        key = P._fast_key(x, pw, alpha, beta, 1, 1, 1, 1, "paper", "cpu", False)
+        key = PC._fast_key(x, pw, alpha, beta, 1, 1, 1, 1, "paper", "cpu", False)
         p, a_c, b_c, official = pw._fast_cache[key]
         t1 = clock()
         st = {}
-        P._STAGE_CLOCK[0] = clock
+        PU._STAGE_CLOCK[0] = clock
         try:
-            P._run_cpu(x, pw, a_c, b_c, p, official, stages=st)
+            PU._run_cpu(x, pw, a_c, b_c, p, official, stages=st)
         finally:
-            P._STAGE_CLOCK[0] = time.perf_counter
+            PU._STAGE_CLOCK[0] = time.perf_counter
         st["validation"] = t1 - t0
         for k, v in st.items():
             acc.setdefault(k, []).append(v)

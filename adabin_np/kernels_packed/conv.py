@@ -154,8 +154,10 @@ def bconv_forward(xa, h_, w_, out_h, wtb, variant, tp, wgm, g_w0, og, seg_w0, se
     ``brow``/``krow`` are the border tables of :func:`border_tables`, ``(classes, O, OW)``
     indexed by the row class of an output row, or expanded per pixel ``(1, O, OH*OW)`` (when
     ``OW`` is short: the epilogue then runs over a task's whole pixel range in one vectorised
-    loop instead of rows of a few pixels). ``raw=True`` writes ``raw_x[n, o, pix] = sum_s X^P_s`` and ``raw_a[n, g, pix] = sum_s A_s``
-    instead of ``y`` (int64; dummies otherwise).
+    loop instead of rows of a few pixels). ``raw=True`` writes
+    ``raw_x[n, o, pix] = sum_s X^P_s`` and ``raw_a[n, g, pix] = sum_s A_s`` instead of ``y``
+    (int64; dummies otherwise). The microkernels store their counts channel-major as int32
+    into a per-task buffer; the activation offsets are tap-major (``offs[t*npad + pix]``).
 
     Fused inference epilogue (a model's ``conv -> BatchNorm -> + residual -> Maxout``; the
     BatchNorm is folded into ``alpha_w``/``beta_w``/``brow`` by the caller): when ``res`` has
