@@ -115,13 +115,19 @@ def finite_result(result, what):
     return result
 
 
+def check_choice(value, name, choices):
+    """``value`` if it is a string among ``choices``; ``TypeError`` for a non-string,
+    ``ValueError`` naming the choices otherwise."""
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a string, got {type(value).__name__}")
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}, got {value!r}")
+    return value
+
+
 def check_convention(convention):
     """Validate the ``convention`` argument ("paper" or "official")."""
-    if not isinstance(convention, str):
-        raise TypeError(f"convention must be a string, got {type(convention).__name__}")
-    if convention not in CONVENTIONS:
-        raise ValueError(f"convention must be one of {CONVENTIONS}, got {convention!r}")
-    return convention
+    return check_choice(convention, "convention", CONVENTIONS)
 
 
 def check_finite_scalar(value, name, *, positive=False):

@@ -13,18 +13,14 @@ import numbers
 
 import numpy as np
 
-from ..validation import activation_params, as_float_array, conv_params
+from ..validation import activation_params, as_float_array, check_choice, conv_params
 
 WORD_BITS = 64
 DEVICES = ("cpu", "cuda")
 
 
 def _check_device(device):
-    if not isinstance(device, str):
-        raise TypeError(f"device must be a string, got {type(device).__name__}")
-    if device not in DEVICES:
-        raise ValueError(f"device must be one of {DEVICES}, got {device!r}")
-    return device
+    return check_choice(device, "device", DEVICES)
 
 
 def _as_input_array(a, name, ndim=None, *, min_ndim=None, allow_empty=False):
