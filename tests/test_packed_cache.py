@@ -179,5 +179,12 @@ def test_remembered_calls_never_skip_validation_or_serve_stale_results():
     for other in (np.asfortranarray(x), x.astype(">f4"), x[:, :, ::-1], x.astype(np.float16)):
         y = ab.packed_adabin_conv2d_prepacked(other, pw, 0.8, 0.05, padding=1)
         np.testing.assert_array_equal(y, fresh(np.array(other), 0.8, 0.05, padding=1))
+    # -0.0 == 0.0 (and hash equal): the keys keep them apart
+    k0 = P._fast_key(x, pw, 0.8, 0.0, 1, 1, 1, 1, "paper", "cpu", False)
+    assert k0 != P._fast_key(x, pw, 0.8, -0.0, 1, 1, 1, 1, "paper", "cpu", False)
+    from adabin_np.packed.arguments import _act_params
+
+    assert np.signbit(_act_params(0.8, -0.0, 3)[1]).all()
+    assert not np.signbit(_act_params(0.8, 0.0, 3)[1]).any()
     assert P._fast_key(x, pw, np.float64(0.8), 0.05, 1, 1, 1, 1, "paper", "cpu", False) is None
     assert P._fast_key(x, pw, 0.8, 0.05, 1, 1, 1, 1, "paper", "cpu", True) is None

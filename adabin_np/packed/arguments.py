@@ -9,6 +9,7 @@ takes the validating route, so a remembered entry never stands in for a refused 
 from __future__ import annotations
 
 import functools
+import math
 import numbers
 
 import numpy as np
@@ -103,17 +104,23 @@ _SCALAR_TYPES = (float, int)
 
 
 @functools.lru_cache(maxsize=64)
-def _scalar_activation_params(alpha, beta, channels):
+def _scalar_activation_params(alpha, beta, channels, signs):
+    # ``signs`` (of alpha and beta) keeps -0.0 and 0.0 apart: they compare and hash equal
     a, b, _ = activation_params(alpha, beta, channels)
     a.flags.writeable = False
     b.flags.writeable = False
     return a, b
 
 
+def _signs(*values):
+    """The sign bits of plain numbers (``-0.0`` and ``0.0`` are equal keys otherwise)."""
+    return tuple(math.copysign(1.0, v) < 0 for v in values)
+
+
 def _act_params(alpha, beta, channels):
     """``(alpha_c, beta_c)`` as :func:`~adabin_np.validation.activation_params` (same errors);
     a pair of plain Python numbers is validated once and its read-only arrays are reused."""
     if type(alpha) in _SCALAR_TYPES and type(beta) in _SCALAR_TYPES:
-        return _scalar_activation_params(alpha, beta, channels)
+        return _scalar_activation_params(alpha, beta, channels, _signs(alpha, beta))
     a, b, _ = activation_params(alpha, beta, channels)
     return a, b

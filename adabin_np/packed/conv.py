@@ -16,6 +16,7 @@ from .arguments import (
     _check_device,
     _conv_params,
     _plain_geometry,
+    _signs,
 )
 from .cpu import PackedCounts, _run_cpu
 from .layout import _act_bound, _act_plan
@@ -91,7 +92,8 @@ def _fast_key(x, pw, alpha, beta, stride, padding, dilation, groups, convention,
     if (x.ndim != 4 or dt not in _KERNEL_DTYPES or not fl.c_contiguous or not fl.aligned
             or not fl.writeable):
         return None
-    return (x.shape, dt.char, alpha, beta, stride, padding, dilation, groups, convention)
+    return (x.shape, dt.char, alpha, beta, _signs(alpha, beta), stride, padding, dilation,
+            groups, convention)
 
 
 def packed_adabin_conv2d_prepacked(x, packed_weights, alpha, beta, *, stride=1, padding=0,
