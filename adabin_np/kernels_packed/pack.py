@@ -93,24 +93,28 @@ def pack_activations(x, mode, thr, tie, alpha, beta, word_ptr, word_chans, xa, h
             th = thr[c]
             te = tie[c]
             md = mode[c]
+            # bits, ties and the finiteness count in one pass over the plane
             if md == 0:
                 for i in range(m):
-                    buf[i] |= one if xr[i] >= th else _U64_ZERO
-                    t_count += 1 if xr[i] == te else 0
+                    xv = xr[i]
+                    buf[i] |= one if xv >= th else _U64_ZERO
+                    t_count += 1 if xv == te else 0
+                    b_count += 0 if xv - xv == 0 else 1
             elif md == 1:
                 for i in range(m):
-                    buf[i] |= one if xr[i] <= th else _U64_ZERO
-                    t_count += 1 if xr[i] == te else 0
+                    xv = xr[i]
+                    buf[i] |= one if xv <= th else _U64_ZERO
+                    t_count += 1 if xv == te else 0
+                    b_count += 0 if xv - xv == 0 else 1
             else:
                 a = alpha[c]
                 b = beta[c]
                 for i in range(m):
-                    v = (np.float64(xr[i]) - b) / a
+                    xv = xr[i]
+                    v = (np.float64(xv) - b) / a
                     buf[i] |= one if v >= 0.0 else _U64_ZERO
                     t_count += 1 if v == 0.0 else 0
-            for i in range(m):
-                xv = xr[i]
-                b_count += 0 if xv - xv == 0 else 1
+                    b_count += 0 if xv - xv == 0 else 1
         base = (n * h_ + h0) * w_
         for i in range(m):
             xa[base + i, q] = buf[i]
