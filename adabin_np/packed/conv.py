@@ -116,8 +116,7 @@ def packed_adabin_conv2d_prepacked(x, packed_weights, alpha, beta, *, stride=1, 
     if key is not None:
         hit = packed_weights._fast_cache.get(key)
         if hit is not None:  # this exact call was validated before: only x's values are new
-            p, alpha_c, beta_c, official = hit
-            act = _act_plan(alpha_c, beta_c, p.groups, official, x.dtype)
+            p, alpha_c, beta_c, official, act = hit
             y, _ = _run_cpu(x, packed_weights, alpha_c, beta_c, p, official, act=act)
             return _check_overflow(y, packed_weights, act.bound)
     if not isinstance(packed_weights, PackedWeights):
@@ -152,7 +151,7 @@ def packed_adabin_conv2d_prepacked(x, packed_weights, alpha, beta, *, stride=1, 
     if key is not None:
         if len(pw._fast_cache) >= 16:
             pw._fast_cache.pop(next(iter(pw._fast_cache)))
-        pw._fast_cache[key] = (p, alpha_c, beta_c, official)
+        pw._fast_cache[key] = (p, alpha_c, beta_c, official, act)  # act: x's dtype is in key
     if return_info:
         return y, _info(act_ties, pw.ties, official)
     return y
