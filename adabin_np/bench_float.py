@@ -25,13 +25,12 @@ over the shapes.
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 
 import numpy as np
 
-from .bench.timing import cpu_flags, cpu_name, interleaved
+from .bench.timing import cpu_flags, cpu_name, interleaved, parse_options
 
 __all__ = ["SHAPES", "add_arguments", "run", "format_table", "plot", "main"]
 
@@ -55,13 +54,6 @@ def add_arguments(parser):
                         help="also write the result dict as JSON")
     parser.add_argument("--png", default=None, metavar="PATH", help="also write a bar chart")
     return parser
-
-
-def _namespace(args):
-    if isinstance(args, argparse.Namespace):
-        return args
-    parser = add_arguments(argparse.ArgumentParser(prog="adabin-np bench --float"))
-    return parser.parse_args([] if args is None else list(args))
 
 
 def _loadavg():
@@ -147,7 +139,7 @@ def run(args=None):
 
     from .conv import adabin_conv2d, adabin_conv2d_grad
 
-    a = _namespace(args)
+    a = parse_options(args, add_arguments, "adabin-np bench --float")
     if a.threads < 1 or a.repeats < 1 or a.warmup < 0:
         raise ValueError("threads and repeats must be >= 1, warmup >= 0")
     shapes = [SHAPES[i] for i in (range(len(SHAPES)) if a.shapes is None else a.shapes)]

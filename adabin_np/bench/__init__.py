@@ -28,7 +28,6 @@ instead (its own options). Numbers are only as good as the machine is quiet.
 
 from __future__ import annotations
 
-import argparse
 import math
 import os
 import time
@@ -36,7 +35,7 @@ import time
 import numpy as np
 
 from .roofline import bandwidth, layer_bound, popcount_roofline
-from .timing import cpu_name, interleaved, isa
+from .timing import cpu_name, interleaved, isa, parse_options
 
 __all__ = ["LAYERS", "add_arguments", "run", "format_table"]
 
@@ -77,13 +76,6 @@ def add_arguments(parser):
     return parser
 
 
-def _namespace(args):
-    if isinstance(args, argparse.Namespace):
-        return args
-    parser = add_arguments(argparse.ArgumentParser(prog="adabin-np bench"))
-    return parser.parse_args([] if args is None else list(args))
-
-
 def _torch(threads):
     try:
         import torch
@@ -115,12 +107,12 @@ def _stage_breakdown(x, pw, alpha, beta, repeats, clock=time.perf_counter):
     for _ in range(repeats):
         t0 = clock()
         key = PC._fast_key(x, pw, alpha, beta, 1, 1, 1, 1, "paper", "cpu", False)
-        p, a_c, b_c, official = pw._fast_cache[key]
+        p, a_c, b_c, official, act = pw._fast_cache[key]
         t1 = clock()
         st = {}
         PU._STAGE_CLOCK[0] = clock
         try:
-            PU._run_cpu(x, pw, a_c, b_c, p, official, stages=st)
+            PU._run_cpu(x, pw, a_c, b_c, p, official, stages=st, act=act)
         finally:
             PU._STAGE_CLOCK[0] = time.perf_counter
         st["validation"] = t1 - t0
@@ -235,7 +227,7 @@ def run(args=None):
         res = bench_float.run(list(args[1:]))
         print(bench_float.format_table(res))
         return res
-    a = _namespace(args)
+    a = parse_options(args, add_arguments, "adabin-np bench")
     omp_spin = _set_omp_spin(a.omp_spin)
     import numba
 

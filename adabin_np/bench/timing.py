@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import platform
 import statistics
 import time
 
-__all__ = ["cpu_name", "cpu_flags", "isa", "interleaved", "stats"]
+__all__ = ["cpu_name", "cpu_flags", "isa", "interleaved", "parse_options", "stats"]
 
 
 def cpu_name():
@@ -41,6 +42,16 @@ def isa():
 
     return {"cpu_flags": cpu_flags(), "numba_target": list(target_cpu()),
             "tile": TILES[select_tile()[0]][0]}
+
+
+def parse_options(args, add_arguments, prog):
+    """A benchmark's options as an ``argparse.Namespace``: ``args`` itself if it is one, else
+    the command-line strings ``args`` (``None``: the defaults) parsed by a parser that
+    ``add_arguments`` fills."""
+    if isinstance(args, argparse.Namespace):
+        return args
+    parser = add_arguments(argparse.ArgumentParser(prog=prog))
+    return parser.parse_args([] if args is None else list(args))
 
 
 def stats(times):
