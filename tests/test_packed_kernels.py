@@ -225,6 +225,8 @@ def test_roofline_probe_runs_every_tile():
     (2, 64, 5, 40, 40, 3, 1, 1, False),
     (1, 70, 8, 9, 33, 3, 2, 1, True),
     (3, 130, 6, 35, 65, 1, 1, 0, False),
+    (1, 40, 9, 70, 20, 3, 2, 1, False),
+    (1, 33, 7, 40, 24, 5, 1, 2, False),
 ])
 def test_every_work_split_and_fused_epilogue_give_the_same_bits(tile, case, monkeypatch):
     """The kernel's task split (output rows per task x weight blocks per task, chosen from the
@@ -232,7 +234,10 @@ def test_every_work_split_and_fused_epilogue_give_the_same_bits(tile, case, monk
     must not change a single bit: tiles store whole vectors past their pixels (overwritten by
     the next tile or landing in row padding), so a split that lets one task's tile write into
     another's pixels, or a table indexed with the wrong run offset, shows up here. The fused
-    residual + Maxout epilogue is checked against the unfused output composed in float64."""
+    residual + Maxout epilogue is checked against the unfused output composed in float64. With
+    row tables the epilogue writes a task's pixels with the interior class's table entries and
+    then patches the border pixels (``PC._BORDER_PATCH``): switched off, every bit is the
+    same."""
     monkeypatch.setenv("ADABIN_NP_TILE", tile)
     n, c, h, w_, o, k, s, pad, per_channel = case
     rng = np.random.default_rng(c + o + h)
@@ -259,11 +264,20 @@ def test_every_work_split_and_fused_epilogue_give_the_same_bits(tile, case, monk
         y, _ = PC._run_cpu(x, pw, alpha_c, beta_c, p, False)
         assert next(iter(pw._call_cache.values()))[0][-2:] == (rows, bpt)
         np.testing.assert_array_equal(y, ref, err_msg=f"split {rows} rows x {bpt} blocks")
+        monkeypatch.setattr(PC, "_BORDER_PATCH", [False])
+        pw._call_cache.clear()
+        y0, _ = PC._run_cpu(x, pw, alpha_c, beta_c, p, False)
+        y0f, _ = PC._run_cpu(x, pw, alpha_c, beta_c, p, False, residual=res, maxout=mo)
+        monkeypatch.setattr(PC, "_BORDER_PATCH", [True])
+        pw._call_cache.clear()
+        np.testing.assert_array_equal(y0, ref, err_msg=f"no border patch, split {rows} x {bpt}")
         y2, _ = PC._run_cpu(x, pw, alpha_c, beta_c, p, False, residual=res, maxout=mo)
         # fused: computed in float64, rounded once; the composition above rounds ref first,
         # so compare at float32 resolution
         np.testing.assert_allclose(y2, fused_ref, rtol=2e-6, atol=1e-5 * np.abs(v).max(),
                                    err_msg=f"fused, split {rows} x {bpt}")
+        np.testing.assert_array_equal(y2, y0f,
+                                      err_msg=f"fused, border patch, split {rows} x {bpt}")
         counts = PC._run_cpu(x, pw, alpha_c, beta_c, p, False, raw=True)
         for a, b in zip(counts, counts_ref):
             np.testing.assert_array_equal(a, b, err_msg=f"raw counts, split {rows} x {bpt}")

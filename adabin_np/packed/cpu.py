@@ -108,6 +108,20 @@ _NO_F64 = np.zeros(0)
 _STAGE_CLOCK = [time.perf_counter]  # the benchmark may switch the stage clock to thread_time
 
 
+_BORDER_PATCH = [True]  # tests switch the kernel's border-patch epilogue off to compare
+
+
+def _interior(r_lo, r_hi, c_lo, c_hi, col_cls, kh, kw):
+    """``(int_rc, int_col)`` for the kernel's border-patch epilogue: the row class whose kernel
+    rows are all in bounds and an output column whose column class has all kernel columns in
+    bounds (``(-1, 0)`` when either is missing, or when the patch epilogue is switched off)."""
+    rows = np.flatnonzero((r_lo == 0) & (r_hi == kh))
+    cols = np.flatnonzero((c_lo[col_cls] == 0) & (c_hi[col_cls] == kw))
+    if not _BORDER_PATCH[0] or rows.size == 0 or cols.size == 0:
+        return -1, 0
+    return int(rows[0]), int(cols[0])
+
+
 def _call_plan(pw, act, p, n_, h_, w_, variant, tp, jb):
     """The arguments of :func:`~adabin_np.kernels_packed.bconv_forward` between the packed
     activations and the run-time flags, plus the tables the raw-count route needs."""
@@ -129,11 +143,12 @@ def _call_plan(pw, act, p, n_, h_, w_, variant, tp, jb):
                                                   c_hi, col_cls, row_cls)
     n_blk = wtb.shape[0] // groups
     rows, bpt = _work_split(p.out_h, p.out_w, n_blk, n_ * groups)
+    int_rc, int_col = _interior(r_lo, r_hi, c_lo, c_hi, col_cls, kh, kw)
     mid = (h_, w_, p.out_h, wtb, variant, tp, layout.wgm, layout.g_w0, og,
            layout.seg_w0, layout.seg_w1, layout.seg_da, layout.g_seg0, layout.g_seg1,
            layout.seg_n, brow, krow, pinv, r_lo, r_hi, c_lo, c_hi, pw.alpha, pw.beta,
            row_cls, col_cls, kh, kw, p.stride[0], p.stride[1], p.padding[0],
-           p.padding[1], p.dilation[0], p.dilation[1], rows, bpt)
+           p.padding[1], p.dilation[0], p.dilation[1], int_rc, int_col, rows, bpt)
     return mid, row_cls, col_cls, sum_w, n_valid
 
 
