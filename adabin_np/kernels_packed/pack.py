@@ -34,6 +34,9 @@ __all__ = ["activation_thresholds", "pack_activations", "weight_pack", "natural_
 
 _U64_ONE = np.uint64(1)
 _U64_ZERO = np.uint64(0)
+_I32_ONE = np.int32(1)
+_I32_ZERO = np.int32(0)
+_COUNT_SPAN = 1 << 30  # elements per int32 tie/finiteness count
 
 
 def activation_thresholds(alpha_c, beta_c, dtype):
@@ -87,7 +90,6 @@ def pack_activations(x, mode, thr, tie, alpha, beta, word_ptr, word_chans, xa, h
         h0 = hc * h_chunk
         h1 = min(h_, h0 + h_chunk)
         m = (h1 - h0) * w_
-        mu = np.uint64(m)
         buf = np.zeros(m, dtype=np.uint64)
         t_count = 0
         b_count = 0
@@ -99,28 +101,38 @@ def pack_activations(x, mode, thr, tie, alpha, beta, word_ptr, word_chans, xa, h
             th = thr[c]
             te = tie[c]
             md = mode[c]
-            # bits, ties and the finiteness count in one pass over the plane
-            if md == 0:
-                for i in range(mu):
-                    xv = xf[xb + i]
-                    buf[i] |= one if xv >= th else _U64_ZERO
-                    t_count += 1 if xv == te else 0
-                    b_count += 0 if xv - xv == 0 else 1
-            elif md == 1:
-                for i in range(mu):
-                    xv = xf[xb + i]
-                    buf[i] |= one if xv <= th else _U64_ZERO
-                    t_count += 1 if xv == te else 0
-                    b_count += 0 if xv - xv == 0 else 1
-            else:
-                a = alpha[c]
-                b = beta[c]
-                for i in range(mu):
-                    xv = xf[xb + i]
-                    v = (np.float64(xv) - b) / a
-                    buf[i] |= one if v >= 0.0 else _U64_ZERO
-                    t_count += 1 if v == 0.0 else 0
-                    b_count += 0 if xv - xv == 0 else 1
+            # bits, ties and the finiteness count in one pass over the plane, counted in
+            # int32 lanes (a plane chunk of up to 2**30 elements at a time; int64 counters cost
+            # 512ch 7x7 a third of its packing time on AVX-512)
+            for s0 in range(0, m, _COUNT_SPAN):
+                sb = xb + np.uint64(s0)
+                su = np.uint64(s0)
+                sn = np.uint64(min(m - s0, _COUNT_SPAN))
+                t32 = np.int32(0)
+                b32 = np.int32(0)
+                if md == 0:
+                    for i in range(sn):
+                        xv = xf[sb + i]
+                        buf[su + i] |= one if xv >= th else _U64_ZERO
+                        t32 += _I32_ONE if xv == te else _I32_ZERO
+                        b32 += _I32_ZERO if xv - xv == 0 else _I32_ONE
+                elif md == 1:
+                    for i in range(sn):
+                        xv = xf[sb + i]
+                        buf[su + i] |= one if xv <= th else _U64_ZERO
+                        t32 += _I32_ONE if xv == te else _I32_ZERO
+                        b32 += _I32_ZERO if xv - xv == 0 else _I32_ONE
+                else:
+                    a = alpha[c]
+                    b = beta[c]
+                    for i in range(sn):
+                        xv = xf[sb + i]
+                        v = (np.float64(xv) - b) / a
+                        buf[su + i] |= one if v >= 0.0 else _U64_ZERO
+                        t32 += _I32_ONE if v == 0.0 else _I32_ZERO
+                        b32 += _I32_ZERO if xv - xv == 0 else _I32_ONE
+                t_count += t32
+                b_count += b32
         base = (n * h_ + h0) * w_
         for i in range(m):
             xa[base + i, q] = buf[i]
