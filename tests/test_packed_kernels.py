@@ -237,7 +237,8 @@ def test_every_work_split_and_fused_epilogue_give_the_same_bits(tile, case, monk
     residual + Maxout epilogue is checked against the unfused output composed in float64. With
     row tables the epilogue writes a task's pixels with the interior class's table entries and
     then patches the border pixels (``PC._BORDER_PATCH``): switched off, every bit is the
-    same."""
+    same; so is it when the tasks build their tap offsets themselves instead of reading the
+    call plan's image-relative table (``PC._OFFSET_TABLE_BYTES = 0``)."""
     monkeypatch.setenv("ADABIN_NP_TILE", tile)
     n, c, h, w_, o, k, s, pad, per_channel = case
     rng = np.random.default_rng(c + o + h)
@@ -271,6 +272,11 @@ def test_every_work_split_and_fused_epilogue_give_the_same_bits(tile, case, monk
         monkeypatch.setattr(PC, "_BORDER_PATCH", [True])
         pw._call_cache.clear()
         np.testing.assert_array_equal(y0, ref, err_msg=f"no border patch, split {rows} x {bpt}")
+        monkeypatch.setattr(PC, "_OFFSET_TABLE_BYTES", 0)  # offsets built per task instead
+        y1, _ = PC._run_cpu(x, pw, alpha_c, beta_c, p, False)
+        monkeypatch.setattr(PC, "_OFFSET_TABLE_BYTES", 8 << 20)
+        pw._call_cache.clear()
+        np.testing.assert_array_equal(y1, ref, err_msg=f"per-task offsets, split {rows} x {bpt}")
         y2, _ = PC._run_cpu(x, pw, alpha_c, beta_c, p, False, residual=res, maxout=mo)
         # fused: computed in float64, rounded once; the composition above rounds ref first,
         # so compare at float32 resolution

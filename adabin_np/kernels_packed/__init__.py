@@ -15,7 +15,7 @@ The plain NumPy float64 spec these kernels are tested against is ``reference/spe
 :mod:`adabin_np.packed`.
 """
 
-from .conv import bconv_forward, border_tables, popcount_roofline
+from .conv import bconv_forward, border_tables, popcount_roofline, tap_offsets
 from .microkernel import TILES, popcount64
 from .pack import (
     activation_thresholds,
@@ -31,5 +31,5 @@ from .select_kernel import select_tile, target_cpu
 
 __all__ = ["TILES", "activation_thresholds", "bconv_forward", "border_tables",
            "natural_kernel_weights", "pack_activations", "pack_lastaxis", "pack_weight_layout",
-           "popcount64", "popcount_roofline", "select_tile", "target_cpu", "unpack_lastaxis",
-           "weight_pack", "weight_tap_popcounts"]
+           "popcount64", "popcount_roofline", "select_tile", "tap_offsets", "target_cpu",
+           "unpack_lastaxis", "weight_pack", "weight_tap_popcounts"]

@@ -61,8 +61,9 @@ def activation_thresholds(alpha_c, beta_c, dtype):
 @njit(cache=True, parallel=True, error_model="numpy")
 def pack_activations(x, mode, thr, tie, alpha, beta, word_ptr, word_chans, xa, h_chunk):
     """Binarize and pack NCHW ``x`` (float32 or float64) into NHWC words ``xa``
-    ``(N*H*W + 1, CW)``; the extra last pixel is all zero words (the microkernel's target for
-    padded taps).
+    ``(N*(H*W + 1), CW)``: image ``n``'s pixels at rows ``n*(H*W + 1) + h*W + w``, followed by
+    one all-zero pixel (the microkernel's target for that image's padded taps, so the tap
+    offsets are the same for every image).
 
     Word ``q`` of a pixel holds channels ``word_chans[word_ptr[q]:word_ptr[q+1]]`` at bits
     ``0, 1, ...`` (LSB-first); unused bits 0. Bit rule per channel from
@@ -133,14 +134,14 @@ def pack_activations(x, mode, thr, tie, alpha, beta, word_ptr, word_chans, xa, h
                         b32 += _I32_ZERO if xv - xv == 0 else _I32_ONE
                 t_count += t32
                 b_count += b32
-        base = (n * h_ + h0) * w_
+        base = n * (h_ * w_ + 1) + h0 * w_
         for i in range(m):
             xa[base + i, q] = buf[i]
         ties[task] = t_count
         bad[task] = b_count
-    last = xa.shape[0] - 1
-    for q in range(n_words):
-        xa[last, q] = 0
+    for n in range(n_):
+        for q in range(n_words):
+            xa[n * (h_ * w_ + 1) + h_ * w_, q] = 0
     return ties.sum(), bad.sum()
 
 
