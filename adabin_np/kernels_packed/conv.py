@@ -207,8 +207,8 @@ def _tile(variant, xa, offs, obase, ostride, wb, wbase, taps, wgm, q0, nq, xout,
 def bconv_forward(xa, h_, w_, out_h, wtb, variant, tp, wgm, g_w0, og, seg_w0, seg_w1, seg_da,
                   g_seg0, g_seg1, seg_n, brow, krow, pinv, r_lo, r_hi, c_lo, c_hi, alpha_w,
                   beta_w, row_cls, col_cls, kh, kw, sh, sw, ph, pw, dh, dw, int_rc, int_col,
-                  offs_tab, ntap_tab, rows_per_task, blocks_per_task, raw, raw_x, raw_a, res, mo_p, mo_q, tiles_only,
-                  y):
+                  offs_tab, ntap_tab, rows_per_task, blocks_per_task, raw, raw_x, raw_a, res,
+                  mo_p, mo_q, tiles_only, y):
     """Tiled popcount convolution with the fused rescale into ``y`` ``(N, O, OH*OW)``.
 
     ``xa`` ``(N*(H*W + 1), CW)`` from :func:`~.pack.pack_activations` (each image followed by
@@ -242,7 +242,8 @@ def bconv_forward(xa, h_, w_, out_h, wtb, variant, tp, wgm, g_w0, og, seg_w0, se
     When ``offs_tab`` has no rows (a call plan does not keep tables of more than
     ``_OFFSET_TABLE_BYTES``), every task builds its chunk's offsets itself.
 
-    ``tiles_only=True`` (benchmark stage split only) runs the microkernels but skips the activation-popcount pass and the epilogue (``y`` unwritten).
+    ``tiles_only=True`` (benchmark stage split only) runs the microkernels but skips the
+    activation-popcount pass and the epilogue (``y`` unwritten).
     """
     n_ = xa.shape[0] // (h_ * w_ + 1)
     out_w = col_cls.shape[0]
