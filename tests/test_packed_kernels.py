@@ -10,7 +10,9 @@ grid, bit-exact against a plain NumPy reference and against each other).
 * ``weight_pack`` (one-pass weight set + signs) is bit-identical to ``weight_binary_set`` and
   the float path's signs, for float32/float64 and scales 1e-310 .. 1e300;
 * float32 activations: the dtype-exact thresholds give the float path's bits right at
-  ``beta`` and its float32 neighbours, for both signs of alpha and ``|alpha| >= 2``.
+  ``beta`` and its float32 neighbours, for both signs of alpha and ``|alpha| >= 2``;
+* the two activation packs (per-channel word form, bit-block form) give the same words and
+  counts.
 """
 
 import os
@@ -203,6 +205,57 @@ def test_float32_thresholds_match_the_float64_rule(alpha, beta):
     np.testing.assert_array_equal(got, want.reshape(-1))
     assert ties == int(np.sum(v == 0))
     assert xa[-1, 0] == 0  # the zero pixel for padded taps
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+@pytest.mark.parametrize("n,c,h,w,groups,levels", [
+    (1, 3, 1, 1, 1, "one"), (2, 64, 8, 8, 1, "one"), (1, 70, 9, 7, 1, "per-channel"),
+    (2, 130, 5, 40, 2, "per-channel"), (1, 64, 56, 56, 1, "one"), (3, 33, 7, 7, 1, "modes"),
+    (1, 128, 13, 11, 2, "modes"),
+])
+def test_both_activation_packs_give_the_same_words(dtype, n, c, h, w, groups, levels):
+    """``pack_activations`` (per-channel word read-modify-write, chosen on AVX-512) and
+    ``pack_activations_blocks`` (64-pixel bit blocks + a 64 x 64 bit transpose, chosen on AVX2)
+    must give the same words, zero pixels, tie count and non-finite count on any input:
+    planes shorter than a block, tails that would read into the next plane or past the end of
+    ``x``, several words and channel layouts, both comparison directions, the dividing mode of
+    ``|alpha| >= 2``, exact ties and NaN/inf."""
+    rng = np.random.default_rng(c * h + w + groups)
+    if levels == "one":
+        alpha_c, beta_c = np.full(c, 0.8), np.full(c, 0.25)
+    elif levels == "per-channel":
+        alpha_c, beta_c = rng.choice([0.5, -0.75, 1.25], c), rng.choice([-0.5, 0.0, 0.25], c)
+    else:
+        alpha_c, beta_c = rng.choice([0.5, -0.75, 2.5, -3.0], c), rng.choice([0.125, -1e-3], c)
+    x = rng.standard_normal((n, c, h, w)).astype(dtype)
+    flat = x.reshape(n, c, -1)
+    ties_at = rng.random(flat.shape) < 0.05
+    ties_at[:, :, 0] = True  # right after the previous plane's tail block
+    flat[ties_at] = np.broadcast_to(beta_c[None, :, None], flat.shape)[ties_at].astype(dtype)
+    act = PL._act_plan(alpha_c, beta_c, groups, False, x.dtype)
+    layout = act.layout
+    chunk = PC._h_chunk(h, n * layout.n_words)
+    for bad_values in ([], [np.nan], [np.inf, -np.inf, np.nan]):
+        xb = x.copy()
+        # at plane starts where there are (a tail block of the previous plane reads them)
+        starts = np.arange(1, n * c) * h * w
+        at = (starts[:len(bad_values)] if starts.size >= len(bad_values)
+              else rng.choice(xb.size, len(bad_values), replace=False))
+        xb.reshape(-1)[at] = bad_values
+        out = []
+        for kern in (KP.pack_activations, KP.pack_activations_blocks):
+            xa = np.full((n * (h * w + 1), layout.n_words), 0xDEAD, dtype=np.uint64)
+            ties, bad = kern(xb, act.mode, act.thr, act.tie, alpha_c, beta_c, layout.word_ptr,
+                             layout.word_chans, xa, chunk)
+            out.append((xa, ties, bad))
+        (xa1, t1, b1), (xa2, t2, b2) = out
+        np.testing.assert_array_equal(xa1, xa2)
+        assert (t1, b1) == (t2, b2)
+        assert b1 == len(bad_values)
+        if not bad_values:
+            assert t1 == int(ties_at.sum()) or levels != "one"
+        zero_rows = np.arange(1, n + 1) * (h * w + 1) - 1
+        assert not xa1[zero_rows].any()
 
 
 def test_roofline_probe_runs_every_tile():

@@ -21,15 +21,17 @@ from .pack import (
     activation_thresholds,
     natural_kernel_weights,
     pack_activations,
+    pack_activations_blocks,
     pack_lastaxis,
     pack_weight_layout,
     unpack_lastaxis,
     weight_pack,
     weight_tap_popcounts,
 )
-from .select_kernel import select_tile, target_cpu
+from .select_kernel import select_activation_pack, select_tile, target_cpu
 
 __all__ = ["TILES", "activation_thresholds", "bconv_forward", "border_tables",
-           "natural_kernel_weights", "pack_activations", "pack_lastaxis", "pack_weight_layout",
-           "popcount64", "popcount_roofline", "select_tile", "tap_offsets", "target_cpu",
+           "natural_kernel_weights", "pack_activations", "pack_activations_blocks",
+           "pack_lastaxis", "pack_weight_layout", "popcount64", "popcount_roofline",
+           "select_activation_pack", "select_tile", "tap_offsets", "target_cpu",
            "unpack_lastaxis", "weight_pack", "weight_tap_popcounts"]

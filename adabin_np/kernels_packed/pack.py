@@ -29,8 +29,9 @@ from numba.core.extending import intrinsic
 
 from .microkernel import _popcount
 
-__all__ = ["activation_thresholds", "pack_activations", "weight_pack", "natural_kernel_weights",
-           "pack_weight_layout", "weight_tap_popcounts", "pack_lastaxis", "unpack_lastaxis"]
+__all__ = ["activation_thresholds", "pack_activations", "pack_activations_blocks",
+           "weight_pack", "natural_kernel_weights", "pack_weight_layout", "weight_tap_popcounts",
+           "pack_lastaxis", "unpack_lastaxis"]
 
 _U64_ONE = np.uint64(1)
 _U64_ZERO = np.uint64(0)
@@ -56,6 +57,61 @@ def activation_thresholds(alpha_c, beta_c, dtype):
     thr = np.where(mode == 1, down, up).astype(dtype)
     tie = np.where(b64 == beta_c, b, np.asarray(np.nan, dtype)).astype(dtype)
     return mode, thr, tie
+
+
+_BLK = 64  # pixels per bit block of pack_activations (one uint64 mask per channel)
+_SUB = 8  # elements per vector compare of _cmp_block
+
+
+@intrinsic
+def _cmp_block(typingctx, xf, off, th, te, md):
+    """Masks of ``_BLK`` consecutive elements ``xf[off:off + _BLK]`` (float32 or float64; the
+    caller guarantees they are in bounds): ``(bits, ties, bad)`` as uint64, bit ``i`` for
+    element ``off + i`` -- ``bits``: ``x >= th`` (``md == 0``) or ``x <= th`` (``md == 1``),
+    ordered comparisons (NaN -> 0); ``ties``: ``x == te``; ``bad``: ``x - x != 0`` (NaN or
+    infinity). ``<8 x T>`` compares bitcast to ``i8``: LLVM's movemask (``vmovmskps`` on
+    AVX2, mask registers on AVX-512), the bit-per-element form the block transpose of
+    :func:`pack_activations` takes."""
+    if not (isinstance(xf, types.Array) and xf.ndim == 1 and isinstance(xf.dtype, types.Float)
+            and th == xf.dtype and te == xf.dtype and isinstance(off, types.Integer)
+            and isinstance(md, types.Integer)):
+        return None
+    ret = types.UniTuple(types.uint64, 3)
+    sig = ret(xf, off, th, te, md)
+
+    def codegen(context, builder, signature, args):
+        xf_, off_, th_, te_, md_ = args
+        fty = context.get_value_type(signature.args[0].dtype)
+        vty = ir.VectorType(fty, _SUB)
+        data = _data(context, builder, signature.args[0], xf_)
+        undef = ir.Constant(vty, ir.Undefined)
+        zeros = ir.Constant(ir.VectorType(_I32, _SUB), [0] * _SUB)
+
+        def splat(val):
+            return builder.shuffle_vector(builder.insert_element(undef, val, _I32(0)), undef,
+                                          zeros)
+
+        ths = splat(th_)
+        tes = splat(te_)
+        fzero = ir.Constant(vty, [0.0] * _SUB)
+        is_ge = builder.icmp_signed("==", md_, ir.Constant(md_.type, 0))
+        out = [_k64(0), _k64(0), _k64(0)]
+        # _SUB elements per compare: an <_SUB x i1> -> i_SUB bitcast is one vmovmskps on AVX2
+        # (a whole <64 x i1> bitcast is not: LLVM extracts its bits one by one there)
+        for part in range(_BLK // _SUB):
+            idx = builder.add(off_, ir.Constant(off_.type, part * _SUB))
+            v = builder.load(builder.bitcast(builder.gep(data, [idx]), vty.as_pointer()))
+            v.align = 8 if fty == _F64 else 4
+            ge = builder.fcmp_ordered(">=", v, ths)
+            le = builder.fcmp_ordered("<=", v, ths)
+            masks = (builder.select(is_ge, ge, le), builder.fcmp_ordered("==", v, tes),
+                     builder.fcmp_unordered("!=", builder.fsub(v, v), fzero))
+            for i, mk in enumerate(masks):
+                word = builder.zext(builder.bitcast(mk, ir.IntType(_SUB)), _I64)
+                out[i] = builder.or_(out[i], builder.shl(word, _k64(part * _SUB)))
+        return context.make_tuple(builder, signature.return_type, out)
+
+    return sig, codegen
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
@@ -137,6 +193,111 @@ def pack_activations(x, mode, thr, tie, alpha, beta, word_ptr, word_chans, xa, h
         base = n * (h_ * w_ + 1) + h0 * w_
         for i in range(m):
             xa[base + i, q] = buf[i]
+        ties[task] = t_count
+        bad[task] = b_count
+    for n in range(n_):
+        for q in range(n_words):
+            xa[n * (h_ * w_ + 1) + h_ * w_, q] = 0
+    return ties.sum(), bad.sum()
+
+
+@njit(cache=True, parallel=True, error_model="numpy")
+def pack_activations_blocks(x, mode, thr, tie, alpha, beta, word_ptr, word_chans, xa, h_chunk):
+    """:func:`pack_activations` (same arguments, same result) in bit blocks, for AVX2 targets:
+    ``prange`` over (n, word, chunk of ``h_chunk`` rows); a task streams each of its channels'
+    planes once, turning every ``_BLK`` elements into one
+    bit mask per channel (:func:`_cmp_block`: bit ``i`` = pixel ``i``, ties and non-finite
+    elements counted from masks of the same compare), then transposes each ``64 x _BLK``
+    bit block (channel-major masks -> one word per pixel, channel ``k`` at bit ``k``) and
+    stores the words. Elements past the plane's last full block that would read past the end
+    of ``x``, and channels that divide in float64 (mode 2), take a scalar loop. Returns
+    ``(ties, bad)`` like :func:`pack_activations`. Measured on Zen 5, 64ch 56x56 batch 8, 2
+    threads: compiled for AVX2 0.20 -> 0.14 ms (the per-channel read-modify-write of a 64-bit
+    word per element is what AVX2 pays for), compiled for AVX-512 0.085 -> 0.10-0.14 ms
+    (there the read-modify-write loop vectorises into mask registers and wins), hence
+    :func:`select_activation_pack`.
+    """
+    n_, c_, h_, w_ = x.shape
+    n_words = xa.shape[1]
+    n_hc = (h_ + h_chunk - 1) // h_chunk
+    tasks = n_ * n_words * n_hc
+    ties = np.zeros(tasks, dtype=np.int64)
+    bad = np.zeros(tasks, dtype=np.int64)
+    xf = x.reshape(x.size)
+    size = x.size
+    for task in prange(tasks):
+        hc = task % n_hc
+        r = task // n_hc
+        q = r % n_words
+        n = r // n_words
+        h0 = hc * h_chunk
+        h1 = min(h_, h0 + h_chunk)
+        m = (h1 - h0) * w_
+        nblk = (m + _BLK - 1) // _BLK
+        masks = np.zeros((64, nblk), dtype=np.uint64)  # masks[k, b]: bit i = pixel b*_BLK + i
+        t_count = 0
+        b_count = 0
+        k0 = word_ptr[q]
+        for k in range(k0, word_ptr[q + 1]):
+            c = word_chans[k]
+            kk = k - k0
+            xb = ((n * c_ + c) * h_ + h0) * w_
+            th = thr[c]
+            te = tie[c]
+            md = mode[c]
+            for b in range(nblk):
+                p0 = b * _BLK
+                nb = min(_BLK, m - p0)
+                if md != 2 and xb + p0 + _BLK <= size:
+                    bits, tm, bm = _cmp_block(xf, xb + p0, th, te, md)
+                    if nb < _BLK:  # the block read into the next plane: count this one's
+                        # elements only (bits past nb belong to pixels that are never stored)
+                        keep = (_U64_ONE << np.uint64(nb)) - _U64_ONE
+                        tm &= keep
+                        bm &= keep
+                    masks[kk, b] = bits
+                    t_count += _popcount(tm)
+                    b_count += _popcount(bm)
+                    continue
+                bits = _U64_ZERO
+                for i in range(nb):
+                    xv = xf[xb + p0 + i]
+                    if md == 0:
+                        bit = xv >= th
+                        tv = xv == te
+                    elif md == 1:
+                        bit = xv <= th
+                        tv = xv == te
+                    else:
+                        v = (np.float64(xv) - beta[c]) / alpha[c]
+                        bit = v >= 0.0
+                        tv = v == 0.0
+                    bits |= (_U64_ONE if bit else _U64_ZERO) << np.uint64(i)
+                    t_count += 1 if tv else 0
+                    b_count += 0 if xv - xv == 0 else 1
+                masks[kk, b] = bits
+        # 64 x 64 bit transpose per block (recursive halving: swap the off-diagonal j x j
+        # sub-blocks for j = 32, 16, ..., 1), then one word per pixel
+        a = np.empty(64, dtype=np.uint64)
+        base = n * (h_ * w_ + 1) + h0 * w_
+        for b in range(nblk):
+            for k in range(64):
+                a[k] = masks[k, b]
+            j = 32
+            sel = np.uint64(0x00000000FFFFFFFF)
+            while j != 0:
+                ju = np.uint64(j)
+                k = 0
+                while k < 64:
+                    t = ((a[k] >> ju) ^ a[k + j]) & sel
+                    a[k + j] ^= t
+                    a[k] ^= t << ju
+                    k = (k + j + 1) & ~j
+                j >>= 1
+                sel ^= sel << np.uint64(j)
+            p0 = b * _BLK
+            for i in range(min(_BLK, m - p0)):
+                xa[base + p0 + i, q] = a[i]
         ties[task] = t_count
         bad[task] = b_count
     for n in range(n_):

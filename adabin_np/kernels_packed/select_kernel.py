@@ -20,7 +20,7 @@ from numba.core import config
 
 from .microkernel import TILES
 
-__all__ = ["target_cpu", "select_tile"]
+__all__ = ["target_cpu", "select_tile", "select_activation_pack"]
 
 
 def target_cpu():
@@ -55,3 +55,13 @@ def select_tile():
         variant = 0 if target_cpu()[1] == "avx512-vpopcntdq" else 1
     _, p, j = TILES[variant]
     return variant, p, j
+
+
+def select_activation_pack():
+    """The activation packing kernel for the CPU Numba compiles for: the bit-block form
+    (:func:`~adabin_np.kernels_packed.pack.pack_activations_blocks`) on AVX2 and older, the
+    per-channel word form (:func:`~adabin_np.kernels_packed.pack.pack_activations`) on
+    AVX-512 VPOPCNTDQ. Both give the same words and counts on every CPU."""
+    from .pack import pack_activations, pack_activations_blocks
+
+    return pack_activations if target_cpu()[1] == "avx512-vpopcntdq" else pack_activations_blocks

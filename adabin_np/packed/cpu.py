@@ -97,9 +97,9 @@ def _pack_input(x, alpha_c, beta_c, act):
     n_, c_, h_, w_ = x.shape
     layout = act.layout
     xa = np.empty((n_ * (h_ * w_ + 1), layout.n_words), dtype=np.uint64)
-    ties, bad = _kp.pack_activations(x, act.mode, act.thr, act.tie, alpha_c, beta_c,
-                                     layout.word_ptr, layout.word_chans, xa,
-                                     _h_chunk(h_, n_ * layout.n_words))
+    ties, bad = _kp.select_activation_pack()(x, act.mode, act.thr, act.tie, alpha_c, beta_c,
+                                             layout.word_ptr, layout.word_chans, xa,
+                                             _h_chunk(h_, n_ * layout.n_words))
     if bad:
         raise ValueError("x contains NaN or infinity")
     return xa, ties
