@@ -470,8 +470,8 @@ def bconv_forward(xa, h_, w_, out_h, wtb, variant, tp, wgm, g_w0, og, seg_w0, se
 def popcount_roofline(variant, taps, wgm, reps, n_threads):
     """Throughput probe: each of ``n_threads`` parallel copies runs the microkernel of
     ``variant`` ``reps`` times on L1-resident data (``taps*wgm`` words per pixel, one weight
-    block, fixed offsets): the convolution's popcount work with no offset building, packing,
-    epilogue or memory traffic. Word-ops per copy: ``reps * taps * wgm * P * J`` (one 64-bit
+    block, four fixed offset sets taken in turn): the convolution's popcount work with no
+    offset building, packing, epilogue or memory traffic. Word-ops per copy: ``reps * taps * wgm * P * J`` (one 64-bit
     XOR + popcount + add = 64 binary MACs = 128 binary ops). Returns one checksum per copy."""
     res = np.zeros(n_threads, dtype=np.int64)
     for tid in prange(n_threads):
@@ -483,16 +483,19 @@ def popcount_roofline(variant, taps, wgm, reps, n_threads):
         wb = np.empty(taps * wgm * jb, dtype=np.uint64)
         for i in range(wb.shape[0]):
             wb[i] = np.uint64(i * 0xC2B2AE3D27D4EB4F + 7)
-        offs = np.empty(taps * tp, dtype=np.int64)
-        for t in range(taps):
-            for p in range(tp):
-                offs[t * tp + p] = ((t + p) % (tp + 1)) * wgm
+        # four offset sets, one per call in turn: the calls differ (nothing to hoist out of
+        # the loop) without a store into the activations the next call loads
+        offs = np.empty(4 * taps * tp, dtype=np.int64)
+        for v in range(4):
+            for t in range(taps):
+                for p in range(tp):
+                    offs[(v * taps + t) * tp + p] = ((t + p + v) % (tp + 1)) * wgm
         xout = np.zeros((tp + 8) * jb, dtype=np.int32)
         aout = np.zeros(tp, dtype=np.int64)
         tot = 0
         for r in range(reps):
-            xa[r % xa.shape[0]] ^= np.uint64(r)
-            _tile(variant, xa, offs, 0, tp, wb, 0, taps, wgm, 0, wgm, xout, 0, tp + 8, aout, 0)
+            _tile(variant, xa, offs, (r & 3) * taps * tp, tp, wb, 0, taps, wgm, 0, wgm, xout, 0,
+                  tp + 8, aout, 0)
             tot += xout[r % (tp * jb)]
         res[tid] = tot
     return res
