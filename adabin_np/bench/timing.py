@@ -59,10 +59,12 @@ def stats(times):
     return {"min_s": min(times), "median_s": statistics.median(times), "max_s": max(times)}
 
 
-def interleaved(fns, warmup, repeats, *, sparse=None, clock=time.perf_counter):
+def interleaved(fns, warmup, repeats, *, sparse=None, prime=False, clock=time.perf_counter):
     """Round-robin timing of ``fns`` (a dict name -> callable): ``warmup`` untimed rounds,
     then ``repeats`` timed rounds, so that load from other processes hits every contender
     alike. ``sparse`` = {name: k}: that one runs only in the first ``k`` rounds (slow ones).
+    ``prime=True``: every timed call comes right after an untimed call of the same callable
+    (a repeated call, as in a loop, instead of one right after the other contender).
     ``clock``: ``time.perf_counter`` (wall) or ``time.thread_time`` (CPU time of the calling
     thread: with one thread per contender it is insensitive to other processes' load).
     Returns {name: stats}."""
@@ -76,6 +78,8 @@ def interleaved(fns, warmup, repeats, *, sparse=None, clock=time.perf_counter):
         for name, fn in fns.items():
             if r >= sparse.get(name, repeats):
                 continue
+            if prime:
+                fn()
             t0 = clock()
             fn()
             times[name].append(clock() - t0)
