@@ -20,6 +20,7 @@ import subprocess
 import sys
 import textwrap
 
+import numba
 import numpy as np
 import pytest
 
@@ -340,3 +341,19 @@ def test_every_work_split_and_fused_epilogue_give_the_same_bits(tile, case, monk
         counts = PC._run_cpu(x, pw, alpha_c, beta_c, p, False, raw=True)
         for a, b in zip(counts, counts_ref):
             np.testing.assert_array_equal(a, b, err_msg=f"raw counts, split {rows} x {bpt}")
+    # the tasks run in one contiguous run per thread, each reusing its scratch buffers: any
+    # thread count gives the same bits
+    monkeypatch.undo()
+    monkeypatch.setenv("ADABIN_NP_TILE", tile)
+    before = numba.get_num_threads()
+    try:
+        for threads in sorted({1, min(3, numba.config.NUMBA_NUM_THREADS)}):
+            numba.set_num_threads(threads)
+            pw._call_cache.clear()
+            y, _ = PC._run_cpu(x, pw, alpha_c, beta_c, p, False)
+            np.testing.assert_array_equal(y, ref, err_msg=f"{threads} thread(s)")
+            y2, _ = PC._run_cpu(x, pw, alpha_c, beta_c, p, False, residual=res, maxout=mo)
+            np.testing.assert_allclose(y2, fused_ref, rtol=2e-6, atol=1e-5 * np.abs(v).max())
+    finally:
+        numba.set_num_threads(before)
+        pw._call_cache.clear()

@@ -15,7 +15,7 @@ The plain NumPy float64 spec these kernels are tested against is ``reference/spe
 :mod:`adabin_np.packed`.
 """
 
-from .conv import bconv_forward, border_tables, popcount_roofline, tap_offsets
+from .conv import bconv_forward, border_patches, border_tables, popcount_roofline, tap_offsets
 from .microkernel import TILES, popcount64
 from .pack import (
     activation_thresholds,
@@ -30,7 +30,7 @@ from .pack import (
 )
 from .select_kernel import select_activation_pack, select_tile, target_cpu
 
-__all__ = ["TILES", "activation_thresholds", "bconv_forward", "border_tables",
+__all__ = ["TILES", "activation_thresholds", "bconv_forward", "border_patches", "border_tables",
            "natural_kernel_weights", "pack_activations", "pack_activations_blocks",
            "pack_lastaxis", "pack_weight_layout", "popcount64", "popcount_roofline",
            "select_activation_pack", "select_tile", "tap_offsets", "target_cpu",

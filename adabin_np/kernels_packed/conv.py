@@ -29,7 +29,8 @@ from numba import njit, prange
 from .microkernel import (tile_4x8_avx2, tile_4x8_avx2_w1, tile_6x32_avx512,
                           tile_6x32_avx512_w1)
 
-__all__ = ["border_tables", "tap_offsets", "bconv_forward", "popcount_roofline"]
+__all__ = ["border_tables", "border_patches", "tap_offsets", "bconv_forward",
+           "popcount_roofline"]
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
@@ -185,6 +186,34 @@ def tap_offsets(h_, w_, out_h, row_cls, col_cls, r_lo, r_hi, c_lo, c_hi, kh, kw,
     return offs, ntap
 
 
+@njit(cache=True, error_model="numpy")
+def border_patches(out_h, row_cls, col_cls, int_rc, int_col, rows_per_task, row_stride):
+    """Per chunk of ``rows_per_task`` output rows, the pixels whose border class differs from
+    the interior one (row class ``int_rc``, the column class of output column ``int_col``):
+    ``patch[chunk, i]`` (chunk-relative pixel), ``ptab[chunk, i] = r * row_stride + ow`` (its
+    entry in a row table ``(classes, O, OW)`` flattened, channel 0; ``row_stride = O*OW``) for
+    ``i < n_patch[chunk]``. Built once per call plan for the kernel's border-patch epilogue."""
+    out_w = col_cls.shape[0]
+    n_chunks = (out_h + rows_per_task - 1) // rows_per_task
+    npx_max = min(out_h, rows_per_task) * out_w
+    patch = np.empty((n_chunks, npx_max), dtype=np.uint64)
+    ptab = np.empty((n_chunks, npx_max), dtype=np.uint64)
+    n_patch = np.zeros(n_chunks, dtype=np.int64)
+    c_int = col_cls[int_col]
+    for chunk in range(n_chunks):
+        oh0 = chunk * rows_per_task
+        k = 0
+        for oh in range(oh0, min(out_h, oh0 + rows_per_task)):
+            r = row_cls[oh]
+            for ow in range(out_w):
+                if r != int_rc or col_cls[ow] != c_int:
+                    patch[chunk, k] = (oh - oh0) * out_w + ow
+                    ptab[chunk, k] = r * row_stride + ow
+                    k += 1
+        n_patch[chunk] = k
+    return patch, ptab, n_patch
+
+
 @njit(cache=True, inline="always", error_model="numpy")
 def _tile(variant, xa, offs, obase, ostride, wb, wbase, taps, wgm, q0, nq, xout, xbase, xstride,
           aout, abase):
@@ -207,14 +236,16 @@ def _tile(variant, xa, offs, obase, ostride, wb, wbase, taps, wgm, q0, nq, xout,
 def bconv_forward(xa, h_, w_, out_h, wtb, variant, tp, wgm, g_w0, og, seg_w0, seg_w1, seg_da,
                   g_seg0, g_seg1, seg_n, brow, krow, pinv, r_lo, r_hi, c_lo, c_hi, alpha_w,
                   beta_w, row_cls, col_cls, kh, kw, sh, sw, ph, pw, dh, dw, int_rc, int_col,
-                  offs_tab, ntap_tab, rows_per_task, blocks_per_task, raw, raw_x, raw_a, res,
+                  offs_tab, ntap_tab, patch_tab, ptab_tab, npatch_tab, n_workers,
+                  rows_per_task, blocks_per_task, raw, raw_x, raw_a, res,
                   mo_p, mo_q, tiles_only, y):
     """Tiled popcount convolution with the fused rescale into ``y`` ``(N, O, OH*OW)``.
 
     ``xa`` ``(N*(H*W + 1), CW)`` from :func:`~.pack.pack_activations` (each image followed by
     a zero pixel), ``wtb`` ``(groups*n_blk, K*wgm, J)`` weight blocks of ``J`` output
-    channels. ``prange`` over (n, group, run of ``blocks_per_task`` blocks, chunk of
-    ``rows_per_task`` output rows). A task reads its chunk's per-tap activation offsets from
+    channels. Tasks: (n, group, run of ``blocks_per_task`` blocks, chunk of
+    ``rows_per_task`` output rows), in ``n_workers`` contiguous runs (one ``prange`` iteration
+    each, a thread's share; a run allocates its scratch buffers once). A task reads its chunk's per-tap activation offsets from
     ``offs_tab``/``ntap_tab`` (:func:`tap_offsets`, image-relative; padded taps -> the image's
     zero pixel), then for each of its blocks and each segment of its group walks the pixels
     in tiles of ``tp`` through the microkernel of ``variant`` (:mod:`.microkernel`), and the
@@ -227,7 +258,9 @@ def bconv_forward(xa, h_, w_, out_h, wtb, variant, tp, wgm, g_w0, og, seg_w0, se
     ``int_col`` of a column class with all kernel columns in bounds; ``int_rc = -1``: none)
     the epilogue writes each channel's whole pixel range in one loop with the interior
     entries and then recomputes the task's border pixels from their own table entries (same
-    expression, same bits; 64ch 56x56 batch 8, one thread: epilogue 0.38 -> 0.28 ms).
+    expression, same bits; 64ch 56x56 batch 8, one thread: epilogue 0.38 -> 0.28 ms); the
+    border pixels of each chunk come from ``patch_tab``/``ptab_tab``/``npatch_tab``
+    (:func:`border_patches`; no rows: row by row instead).
     ``raw=True`` writes ``raw_x[n, o, pix] = sum_s X^P_s`` and ``raw_a[n, g, pix] = sum_s A_s``
     instead of ``y`` (int64; dummies otherwise). The microkernels store their counts
     channel-major as int32 into a per-task buffer; the activation offsets are tap-major
@@ -268,201 +301,189 @@ def bconv_forward(xa, h_, w_, out_h, wtb, variant, tp, wgm, g_w0, og, seg_w0, se
     has_mo = mo_p.shape[0] == y.shape[1]
     pix_tab = brow.shape[2] != out_w  # per-pixel tables (1, O, OH*OW), see docstring
     fused = has_res or has_mo
-    for task in prange(n_tasks):
-        chunk = task % n_chunks
-        rest = task // n_chunks
-        bg = rest % n_bg
-        rest = rest // n_bg
-        g = rest % groups
-        n = rest // groups
-        oh0 = chunk * rows_per_task
-        oh1 = min(out_h, oh0 + rows_per_task)
-        npx = (oh1 - oh0) * out_w
-        n_tiles = (npx + tp - 1) // tp
-        qg = g_w0[g]
-        s0 = g_seg0[g]
-        s1 = g_seg1[g]
-        multi = s1 - s0 > 1 or raw
-        # the chunk's per-tap word offsets (tap-major, offs_flat[chunk*orow + t*npad + pix],
-        # built once per call plan by tap_offsets) are relative to an image's first word: the
-        # microkernels read this image's words through a view that starts there
-        npad = n_tiles * tp
-        xa_img = xa_flat[n * img_words + qg:]
-        if cached_offs:
-            ntap = ntap_tab[chunk]
-            obase0 = chunk * orow
-            offs = offs_flat
-        else:  # tables too large to keep: this task builds its chunk's offsets
-            ntap = np.zeros(npad, dtype=np.int64)
-            offs = np.empty(taps * npad, dtype=np.int64)
-            _chunk_offsets(offs, ntap, oh0, oh1, h_, w_, row_cls, col_cls, r_lo, r_hi, c_lo,
-                           c_hi, kh, kw, sh, sw, ph, pw, dh, dw, cw, tp)
-            obase0 = 0
-        ohs = np.empty(npx, dtype=np.int64)
-        ows = np.empty(npx, dtype=np.int64)
-        oh = oh0
-        ow = 0
-        for pix in range(npx):
-            ohs[pix] = oh
-            ows[pix] = ow
-            ow += 1
-            if ow == out_w:
-                ow = 0
-                oh += 1
-        # border-patch epilogue (row tables, one segment, not raw): the pixels of the task
-        # whose border class differs from the interior one (row class ``int_rc``, the column
-        # class of column ``int_col``; ``int_rc < 0``: no interior), used when at most a
-        # quarter of the task's pixels need patching
-        use_patch = not pix_tab and not multi and int_rc >= 0
-        patch = np.empty(npx if use_patch else 0, dtype=np.uint64)
-        ptab = np.empty(npx if use_patch else 0, dtype=np.uint64)
-        n_patch = 0
-        if use_patch:
-            c_int = col_cls[int_col]
-            for pix in range(npx):
-                rcp = row_cls[ohs[pix]]
-                if rcp != int_rc or col_cls[ows[pix]] != c_int:
-                    patch[n_patch] = pix
-                    ptab[n_patch] = rcp * brow.shape[1] * out_w + ows[pix]
-                    n_patch += 1
-            use_patch = 4 * n_patch <= npx
-        # activation terms per pixel, qa = sum_s d_a (2 A_s - N_s), from the microkernel's
-        # activation popcounts during the first block of the task
-        qa = np.zeros(npx)
-        atot = np.zeros(npx, dtype=np.int64)
-        apc = np.zeros(n_tiles * tp, dtype=np.int64)
-        # microkernel counts, channel-major (xt[jj, pix]), 8 entries of padding per row (the
-        # tiles store whole vectors of pixels)
-        xstride = n_tiles * tp + 8
-        xt = np.empty((jb, xstride), dtype=np.int32)
-        xt_flat = xt.reshape(xt.size)
-        facc = np.zeros((npx, jb)) if multi else np.zeros((1, 1))
-        xtot = np.zeros((npx, jb), dtype=np.int64) if raw else np.zeros((1, 1), dtype=np.int64)
-        vbuf = np.empty(npx)
-        for blk in range(bg * blocks_per_task, min(n_blk, (bg + 1) * blocks_per_task)):
-            j0 = blk * jb
-            nj = min(og, j0 + jb) - j0
-            obase = g * og + j0
-            wbase = (g * n_blk + blk) * blk_size
-            if multi:
-                facc[:, :] = 0.0
-            if raw:
-                xtot[:, :] = 0
-            for s in range(s0, s1):
-                q0 = seg_w0[s] - qg
-                nq = seg_w1[s] - seg_w0[s]
-                for it in range(n_tiles):
-                    _tile(variant, xa_img, offs, obase0 + it * tp, npad, wtb_flat, wbase,
-                          taps, wgm, q0, nq, xt_flat, it * tp, xstride, apc, it * tp)
+    patch_ok = patch_tab.shape[0] == n_chunks and not pix_tab and int_rc >= 0
+    # the tasks run in n_workers contiguous runs, one per thread (Numba's static schedule of
+    # a prange over the tasks, made explicit), so that a run allocates its scratch once
+    # instead of once per task (~1.5 us a task; 64ch 56x56 has 56 tasks at batch 8)
+    npx_max = min(out_h, rows_per_task) * out_w
+    npad_max = (npx_max + tp - 1) // tp * tp
+    per_worker = (n_tasks + n_workers - 1) // n_workers
+    for wk in prange(n_workers):
+        xt_flat = np.empty(jb * (npad_max + 8), dtype=np.int32)
+        apc = np.empty(npad_max, dtype=np.int64)
+        qa = np.empty(npx_max)
+        atot = np.empty(npx_max, dtype=np.int64)
+        vbuf = np.empty(npx_max)
+        for task in range(wk * per_worker, min(n_tasks, (wk + 1) * per_worker)):
+            chunk = task % n_chunks
+            rest = task // n_chunks
+            bg = rest % n_bg
+            rest = rest // n_bg
+            g = rest % groups
+            n = rest // groups
+            oh0 = chunk * rows_per_task
+            oh1 = min(out_h, oh0 + rows_per_task)
+            npx = (oh1 - oh0) * out_w
+            n_tiles = (npx + tp - 1) // tp
+            qg = g_w0[g]
+            s0 = g_seg0[g]
+            s1 = g_seg1[g]
+            multi = s1 - s0 > 1 or raw
+            # the chunk's per-tap word offsets (tap-major, offs_flat[chunk*orow + t*npad + pix],
+            # built once per call plan by tap_offsets) are relative to an image's first word: the
+            # microkernels read this image's words through a view that starts there
+            npad = n_tiles * tp
+            xa_img = xa_flat[n * img_words + qg:]
+            if cached_offs:
+                ntap = ntap_tab[chunk]
+                obase0 = chunk * orow
+                offs = offs_flat
+            else:  # tables too large to keep: this task builds its chunk's offsets
+                ntap = np.zeros(npad, dtype=np.int64)
+                offs = np.empty(taps * npad, dtype=np.int64)
+                _chunk_offsets(offs, ntap, oh0, oh1, h_, w_, row_cls, col_cls, r_lo, r_hi, c_lo,
+                               c_hi, kh, kw, sh, sw, ph, pw, dh, dw, cw, tp)
+                obase0 = 0
+            # border-patch epilogue (row tables, one segment, not raw; the chunk's border pixels
+            # from border_patches), used when at most a quarter of the task's pixels need patching
+            use_patch = patch_ok and not multi and 4 * npatch_tab[chunk] <= npx
+            n_patch = npatch_tab[chunk] if use_patch else 0
+            # microkernel counts, channel-major (xt[jj, pix]), 8 entries of padding per row (the
+            # tiles store whole vectors of pixels); activation terms per pixel, qa = sum_s d_a
+            # (2 A_s - N_s), from the microkernel's activation popcounts during the first block
+            xstride = n_tiles * tp + 8
+            xt = xt_flat[:jb * xstride].reshape((jb, xstride))
+            qa[:npx] = 0.0
+            atot[:npx] = 0
+            facc = np.zeros((npx, jb)) if multi else np.zeros((1, 1))
+            xtot = np.zeros((npx, jb), dtype=np.int64) if raw else np.zeros((1, 1), dtype=np.int64)
+            vbuf = np.empty(npx)
+            for blk in range(bg * blocks_per_task, min(n_blk, (bg + 1) * blocks_per_task)):
+                j0 = blk * jb
+                nj = min(og, j0 + jb) - j0
+                obase = g * og + j0
+                wbase = (g * n_blk + blk) * blk_size
+                if multi:
+                    facc[:, :] = 0.0
+                if raw:
+                    xtot[:, :] = 0
+                for s in range(s0, s1):
+                    q0 = seg_w0[s] - qg
+                    nq = seg_w1[s] - seg_w0[s]
+                    for it in range(n_tiles):
+                        _tile(variant, xa_img, offs, obase0 + it * tp, npad, wtb_flat, wbase,
+                              taps, wgm, q0, nq, xt_flat, it * tp, xstride, apc, it * tp)
+                    if tiles_only:
+                        continue
+                    if blk == bg * blocks_per_task:
+                        da = seg_da[s]
+                        nseg = seg_n[s]
+                        for pix in range(npx):
+                            qa[pix] += da * (2 * apc[pix] - nseg * ntap[pix])
+                            atot[pix] += apc[pix]
+                    if multi:
+                        da = seg_da[s]
+                        for pix in range(npx):
+                            rc = row_cls[oh0 + pix // out_w]
+                            cl = col_cls[pix % out_w]
+                            nv = seg_n[s] * ntap[pix]
+                            for jj in range(nj):
+                                xp = xt[jj, pix] - pinv[s, rc, cl, j0 + jj]
+                                if raw:
+                                    xtot[pix, jj] += xp
+                                else:
+                                    facc[pix, jj] += da * np.int32(nv - 2 * xp)
                 if tiles_only:
                     continue
-                if blk == bg * blocks_per_task:
-                    da = seg_da[s]
-                    nseg = seg_n[s]
+                if raw and bg == 0 and blk == 0:
                     for pix in range(npx):
-                        qa[pix] += da * (2 * apc[pix] - nseg * ntap[pix])
-                        atot[pix] += apc[pix]
-                if multi:
-                    da = seg_da[s]
-                    for pix in range(npx):
-                        rc = row_cls[oh0 + pix // out_w]
-                        cl = col_cls[pix % out_w]
-                        nv = seg_n[s] * ntap[pix]
-                        for jj in range(nj):
-                            xp = xt[jj, pix] - pinv[s, rc, cl, j0 + jj]
-                            if raw:
-                                xtot[pix, jj] += xp
-                            else:
-                                facc[pix, jj] += da * np.int32(nv - 2 * xp)
-            if tiles_only:
-                continue
-            if raw and bg == 0 and blk == 0:
-                for pix in range(npx):
-                    raw_a[n, g, oh0 * out_w + pix] = atot[pix]
-            if raw:
+                        raw_a[n, g, oh0 * out_w + pix] = atot[pix]
+                if raw:
+                    for jj in range(nj):
+                        for pix in range(npx):
+                            raw_x[n, obase + jj, oh0 * out_w + pix] = xtot[pix, jj]
+                    continue
+                da0 = seg_da[s0]
+                ub0 = np.uint64(oh0 * out_w)
                 for jj in range(nj):
-                    for pix in range(npx):
-                        raw_x[n, obase + jj, oh0 * out_w + pix] = xtot[pix, jj]
-                continue
-            da0 = seg_da[s0]
-            ub0 = np.uint64(oh0 * out_w)
-            for jj in range(nj):
-                o = obase + jj
-                d_w = alpha_w[o]
-                c_w = beta_w[o]
-                if use_patch:
-                    # one vectorised run over the task's whole pixel range with the interior
-                    # class's table entries, then the border pixels again with their own (the
-                    # same expression per pixel as below, so the same bits): rows of a few
-                    # dozen pixels cost ~2x per output in loop overhead
-                    bi = brow[int_rc, o, int_col]
-                    ki = krow[int_rc, o, int_col]
-                    if not fused:
+                    o = obase + jj
+                    d_w = alpha_w[o]
+                    c_w = beta_w[o]
+                    if use_patch:
+                        # one vectorised run over the task's whole pixel range with the interior
+                        # class's table entries, then the border pixels again with their own (the
+                        # same expression per pixel as below, so the same bits): rows of a few
+                        # dozen pixels cost ~2x per output in loop overhead
+                        bi = brow[int_rc, o, int_col]
+                        ki = krow[int_rc, o, int_col]
+                        if not fused:
+                            for uo in range(np.uint64(npx)):
+                                y[n, o, ub0 + uo] = bi + d_w * (da0 * np.int32(
+                                    ki - 2 * xt[jj, uo])) + c_w * qa[uo]
+                            for i in range(n_patch):
+                                u = patch_tab[chunk, i]
+                                tq = ptab_tab[chunk, i] + np.uint64(o * out_w)
+                                y[n, o, ub0 + u] = brow_flat[tq] + d_w * (da0 * np.int32(
+                                    krow_flat[tq] - 2 * xt[jj, u])) + c_w * qa[u]
+                            continue
                         for uo in range(np.uint64(npx)):
-                            y[n, o, ub0 + uo] = bi + d_w * (da0 * np.int32(
+                            vbuf[uo] = bi + d_w * (da0 * np.int32(
                                 ki - 2 * xt[jj, uo])) + c_w * qa[uo]
                         for i in range(n_patch):
-                            u = patch[i]
-                            tq = ptab[i] + np.uint64(o * out_w)
-                            y[n, o, ub0 + u] = brow_flat[tq] + d_w * (da0 * np.int32(
+                            u = patch_tab[chunk, i]
+                            tq = ptab_tab[chunk, i] + np.uint64(o * out_w)
+                            vbuf[u] = brow_flat[tq] + d_w * (da0 * np.int32(
                                 krow_flat[tq] - 2 * xt[jj, u])) + c_w * qa[u]
-                        continue
+                    else:
+                        # runs of output pixels that read one table row: the whole chunk with
+                        # per-pixel tables, else one output row (its row class picks the table row)
+                        n_runs = 1 if pix_tab else oh1 - oh0
+                        run_len = npx if pix_tab else out_w
+                        for run in range(n_runs):
+                            if pix_tab:
+                                rc = 0
+                                tb = np.uint64(oh0 * out_w)
+                            else:
+                                rc = row_cls[oh0 + run]
+                                tb = np.uint64(0)
+                            up = np.uint64(run * out_w)
+                            ub = np.uint64((oh0 + run) * out_w)
+                            if multi:
+                                for u in range(run_len):
+                                    vbuf[up + np.uint64(u)] = (brow[rc, o, tb + np.uint64(u)]
+                                                               + d_w * facc[up + np.uint64(u), jj]
+                                                               + c_w * qa[up + np.uint64(u)])
+                            elif not fused:
+                                # one expression per element, plain indexing (a Numba view would
+                                # cost an atomic reference count per row), unsigned indices (no
+                                # negative-index wraparound code, so the loop vectorises);
+                                # |krow - 2X| = |N - 2 X^P| <= N < 2**31: exact in int32 (krow and
+                                # X are int32 and the wrapped difference is the exact one, so LLVM
+                                # keeps the arithmetic in 32-bit lanes)
+                                for uo in range(np.uint64(run_len)):
+                                    y[n, o, ub + uo] = brow[rc, o, tb + uo] + d_w * (
+                                        da0 * np.int32(krow[rc, o, tb + uo]
+                                                       - 2 * xt[jj, up + uo])) + c_w * qa[
+                                        up + uo]
+                            else:
+                                for uo in range(np.uint64(run_len)):
+                                    vbuf[up + uo] = brow[rc, o, tb + uo] + d_w * (da0 * np.int32(
+                                        krow[rc, o, tb + uo] - 2 * xt[jj, up + uo])) + c_w * qa[
+                                        up + uo]
+                        if not (multi or fused):
+                            continue
+                    # vbuf holds the task's pixels of channel o: residual, Maxout, one store
+                    if has_res:
+                        for uo in range(np.uint64(npx)):
+                            vbuf[uo] += res[n, o, ub0 + uo]
+                    if has_mo:
+                        mp = mo_p[o]
+                        mq = mo_q[o]
+                        for uo in range(np.uint64(npx)):
+                            v = vbuf[uo]
+                            vbuf[uo] = mp * v if v > 0.0 else mq * v
                     for uo in range(np.uint64(npx)):
-                        vbuf[uo] = bi + d_w * (da0 * np.int32(ki - 2 * xt[jj, uo])) + c_w * qa[uo]
-                    for i in range(n_patch):
-                        u = patch[i]
-                        tq = ptab[i] + np.uint64(o * out_w)
-                        vbuf[u] = brow_flat[tq] + d_w * (da0 * np.int32(
-                            krow_flat[tq] - 2 * xt[jj, u])) + c_w * qa[u]
-                else:
-                    # runs of output pixels that read one table row: the whole chunk with
-                    # per-pixel tables, else one output row (its row class picks the table row)
-                    n_runs = 1 if pix_tab else oh1 - oh0
-                    run_len = npx if pix_tab else out_w
-                    for run in range(n_runs):
-                        if pix_tab:
-                            rc = 0
-                            tb = np.uint64(oh0 * out_w)
-                        else:
-                            rc = row_cls[oh0 + run]
-                            tb = np.uint64(0)
-                        up = np.uint64(run * out_w)
-                        ub = np.uint64((oh0 + run) * out_w)
-                        if multi:
-                            for u in range(run_len):
-                                vbuf[up + np.uint64(u)] = (brow[rc, o, tb + np.uint64(u)]
-                                                           + d_w * facc[up + np.uint64(u), jj]
-                                                           + c_w * qa[up + np.uint64(u)])
-                        elif not fused:
-                            # one expression per element, plain indexing (a Numba view would
-                            # cost an atomic reference count per row), unsigned indices (no
-                            # negative-index wraparound code, so the loop vectorises);
-                            # |krow - 2X| = |N - 2 X^P| <= N < 2**31: exact in int32 (krow and
-                            # X are int32 and the wrapped difference is the exact one, so LLVM
-                            # keeps the arithmetic in 32-bit lanes)
-                            for uo in range(np.uint64(run_len)):
-                                y[n, o, ub + uo] = brow[rc, o, tb + uo] + d_w * (da0 * np.int32(
-                                    krow[rc, o, tb + uo] - 2 * xt[jj, up + uo])) + c_w * qa[
-                                    up + uo]
-                        else:
-                            for uo in range(np.uint64(run_len)):
-                                vbuf[up + uo] = brow[rc, o, tb + uo] + d_w * (da0 * np.int32(
-                                    krow[rc, o, tb + uo] - 2 * xt[jj, up + uo])) + c_w * qa[
-                                    up + uo]
-                    if not (multi or fused):
-                        continue
-                # vbuf holds the task's pixels of channel o: residual, Maxout, one store
-                if has_res:
-                    for uo in range(np.uint64(npx)):
-                        vbuf[uo] += res[n, o, ub0 + uo]
-                if has_mo:
-                    mp = mo_p[o]
-                    mq = mo_q[o]
-                    for uo in range(np.uint64(npx)):
-                        v = vbuf[uo]
-                        vbuf[uo] = mp * v if v > 0.0 else mq * v
-                for uo in range(np.uint64(npx)):
-                    y[n, o, ub0 + uo] = vbuf[uo]
+                        y[n, o, ub0 + uo] = vbuf[uo]
     return y
 
 
@@ -471,8 +492,9 @@ def popcount_roofline(variant, taps, wgm, reps, n_threads):
     """Throughput probe: each of ``n_threads`` parallel copies runs the microkernel of
     ``variant`` ``reps`` times on L1-resident data (``taps*wgm`` words per pixel, one weight
     block, four fixed offset sets taken in turn): the convolution's popcount work with no
-    offset building, packing, epilogue or memory traffic. Word-ops per copy: ``reps * taps * wgm * P * J`` (one 64-bit
-    XOR + popcount + add = 64 binary MACs = 128 binary ops). Returns one checksum per copy."""
+    offset building, packing, epilogue or memory traffic. Word-ops per copy:
+    ``reps * taps * wgm * P * J`` (one 64-bit XOR + popcount + add = 64 binary MACs = 128
+    binary ops). Returns one checksum per copy."""
     res = np.zeros(n_threads, dtype=np.int64)
     for tid in prange(n_threads):
         tp = 6 if variant == 0 else 4

@@ -111,8 +111,12 @@ _STAGE_CLOCK = [time.perf_counter]  # the benchmark may switch the stage clock t
 
 #: largest per-tap offset table (:func:`~adabin_np.kernels_packed.tap_offsets`, 8 bytes per
 #: output pixel and kernel tap) a call plan keeps; larger geometries build offsets per task
+#: (the border-patch table, 16 bytes per output pixel, has the same limit; without it the
+#: epilogue runs row by row)
 _OFFSET_TABLE_BYTES = 8 << 20
 _NO_OFFSETS = (np.zeros((0, 0), dtype=np.int64), np.zeros((0, 0), dtype=np.int64))
+_NO_PATCHES = (np.zeros((0, 0), dtype=np.uint64), np.zeros((0, 0), dtype=np.uint64),
+               np.zeros(0, dtype=np.int64))
 _BORDER_PATCH = [True]  # tests switch the kernel's border-patch epilogue off to compare
 
 
@@ -157,12 +161,20 @@ def _call_plan(pw, act, p, n_, h_, w_, variant, tp, jb):
             layout.n_words, tp, rows)
     else:  # the kernel's tasks build their offsets themselves
         offs_tab, ntap_tab = _NO_OFFSETS
+    # border pixels per chunk for the kernel's patch epilogue (row tables only)
+    n_chunks = -(-p.out_h // rows)
+    if (int_rc >= 0 and brow.shape[2] == p.out_w
+            and 16 * n_chunks * min(rows, p.out_h) * p.out_w <= _OFFSET_TABLE_BYTES):
+        patches = _kp.border_patches(p.out_h, row_cls, col_cls, int_rc, int_col, rows,
+                                     brow.shape[1] * p.out_w)
+    else:
+        patches = _NO_PATCHES
     mid = (h_, w_, p.out_h, wtb, variant, tp, layout.wgm, layout.g_w0, og,
            layout.seg_w0, layout.seg_w1, layout.seg_da, layout.g_seg0, layout.g_seg1,
            layout.seg_n, brow, krow, pinv, r_lo, r_hi, c_lo, c_hi, pw.alpha, pw.beta,
            row_cls, col_cls, kh, kw, p.stride[0], p.stride[1], p.padding[0],
            p.padding[1], p.dilation[0], p.dilation[1], int_rc, int_col, offs_tab,
-           ntap_tab, rows, bpt)
+           ntap_tab) + patches + (numba.get_num_threads(), rows, bpt)
     return mid, row_cls, col_cls, sum_w, n_valid
 
 
