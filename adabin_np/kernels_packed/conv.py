@@ -247,9 +247,10 @@ def bconv_forward(xa, h_, w_, out_h, wtb, variant, tp, wgm, g_w0, og, seg_w0, se
     ``rows_per_task`` output rows), in ``n_workers`` contiguous runs (one ``prange`` iteration
     each, a thread's share; a run allocates its scratch buffers once). A task reads its
     chunk's per-tap activation offsets from ``offs_tab``/``ntap_tab`` (:func:`tap_offsets`,
-    image-relative; padded taps -> the image's zero pixel), then for each of its blocks and each segment of its group walks the pixels
-    in tiles of ``tp`` through the microkernel of ``variant`` (:mod:`.microkernel`), and the
-    epilogue writes each output channel's chunk as one contiguous run of ``y``.
+    image-relative; padded taps -> the image's zero pixel), then for each of its blocks and
+    each segment of its group walks the pixels in tiles of ``tp`` through the microkernel of
+    ``variant`` (:mod:`.microkernel`), and the epilogue writes each output channel's chunk as
+    one contiguous run of ``y``.
     ``brow``/``krow`` are the border tables of :func:`border_tables`, ``(classes, O, OW)``
     indexed by the row class of an output row, or expanded per pixel ``(1, O, OH*OW)`` (when
     ``OW`` is short: the epilogue then runs over a task's whole pixel range in one vectorised
