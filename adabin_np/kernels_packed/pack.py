@@ -114,6 +114,16 @@ def _cmp_block(typingctx, xf, off, th, te, md):
     return sig, codegen
 
 
+@njit(cache=True, inline="always", error_model="numpy")
+def _pack_task(task, n_hc, n_words, h_chunk, h_, w_):
+    """Task ``task`` of the activation packs: ``(n, word q, first row h0, elements m)`` of its
+    (image, word, chunk of ``h_chunk`` rows)."""
+    hc = task % n_hc
+    r = task // n_hc
+    h0 = hc * h_chunk
+    return r // n_words, r % n_words, h0, (min(h_, h0 + h_chunk) - h0) * w_
+
+
 @njit(cache=True, parallel=True, error_model="numpy")
 def pack_activations(x, mode, thr, tie, alpha, beta, word_ptr, word_chans, xa, h_chunk):
     """Binarize and pack NCHW ``x`` (float32 or float64) into NHWC words ``xa``
@@ -140,13 +150,7 @@ def pack_activations(x, mode, thr, tie, alpha, beta, word_ptr, word_chans, xa, h
     # no negative-index wraparound, so the plane loops vectorise
     xf = x.reshape(x.size)
     for task in prange(tasks):
-        hc = task % n_hc
-        r = task // n_hc
-        q = r % n_words
-        n = r // n_words
-        h0 = hc * h_chunk
-        h1 = min(h_, h0 + h_chunk)
-        m = (h1 - h0) * w_
+        n, q, h0, m = _pack_task(task, n_hc, n_words, h_chunk, h_, w_)
         buf = np.zeros(m, dtype=np.uint64)
         t_count = 0
         b_count = 0
@@ -226,13 +230,7 @@ def pack_activations_blocks(x, mode, thr, tie, alpha, beta, word_ptr, word_chans
     xf = x.reshape(x.size)
     size = x.size
     for task in prange(tasks):
-        hc = task % n_hc
-        r = task // n_hc
-        q = r % n_words
-        n = r // n_words
-        h0 = hc * h_chunk
-        h1 = min(h_, h0 + h_chunk)
-        m = (h1 - h0) * w_
+        n, q, h0, m = _pack_task(task, n_hc, n_words, h_chunk, h_, w_)
         nblk = (m + _BLK - 1) // _BLK
         masks = np.zeros((64, nblk), dtype=np.uint64)  # masks[k, b]: bit i = pixel b*_BLK + i
         t_count = 0
