@@ -115,6 +115,23 @@ def _cmp_block(typingctx, xf, off, th, te, md):
 
 
 @njit(cache=True, inline="always", error_model="numpy")
+def _pack_tasks(n_, n_words, h_, h_chunk):
+    """``(row chunks per plane, per-task tie counts, per-task non-finite counts)`` of the
+    activation packs' tasks (image, word, chunk of ``h_chunk`` rows)."""
+    n_hc = (h_ + h_chunk - 1) // h_chunk
+    tasks = n_ * n_words * n_hc
+    return n_hc, np.zeros(tasks, dtype=np.int64), np.zeros(tasks, dtype=np.int64)
+
+
+@njit(cache=True, inline="always", error_model="numpy")
+def _zero_pixels(xa, n_, hw):
+    """Zero each image's extra pixel (row ``n*(hw + 1) + hw``) of the packed activations."""
+    for n in range(n_):
+        for q in range(xa.shape[1]):
+            xa[n * (hw + 1) + hw, q] = 0
+
+
+@njit(cache=True, inline="always", error_model="numpy")
 def _pack_task(task, n_hc, n_words, h_chunk, h_, w_):
     """Task ``task`` of the activation packs: ``(n, word q, first row h0, elements m)`` of its
     (image, word, chunk of ``h_chunk`` rows)."""
@@ -140,10 +157,8 @@ def pack_activations(x, mode, thr, tie, alpha, beta, word_ptr, word_chans, xa, h
     """
     n_, c_, h_, w_ = x.shape
     n_words = xa.shape[1]
-    n_hc = (h_ + h_chunk - 1) // h_chunk
-    tasks = n_ * n_words * n_hc
-    ties = np.zeros(tasks, dtype=np.int64)
-    bad = np.zeros(tasks, dtype=np.int64)
+    n_hc, ties, bad = _pack_tasks(n_, n_words, h_, h_chunk)
+    tasks = ties.shape[0]
     # one flat view, indexed with unsigned offsets: a per-channel plane view (x[n, c] reshaped
     # and sliced) cost ~60 ns of Numba's reshape helper and reference counting per channel,
     # which dominated small planes (512ch 7x7: 49 elements per channel); unsigned indices have
@@ -199,9 +214,7 @@ def pack_activations(x, mode, thr, tie, alpha, beta, word_ptr, word_chans, xa, h
             xa[base + i, q] = buf[i]
         ties[task] = t_count
         bad[task] = b_count
-    for n in range(n_):
-        for q in range(n_words):
-            xa[n * (h_ * w_ + 1) + h_ * w_, q] = 0
+    _zero_pixels(xa, n_, h_ * w_)
     return ties.sum(), bad.sum()
 
 
@@ -223,10 +236,8 @@ def pack_activations_blocks(x, mode, thr, tie, alpha, beta, word_ptr, word_chans
     """
     n_, c_, h_, w_ = x.shape
     n_words = xa.shape[1]
-    n_hc = (h_ + h_chunk - 1) // h_chunk
-    tasks = n_ * n_words * n_hc
-    ties = np.zeros(tasks, dtype=np.int64)
-    bad = np.zeros(tasks, dtype=np.int64)
+    n_hc, ties, bad = _pack_tasks(n_, n_words, h_, h_chunk)
+    tasks = ties.shape[0]
     xf = x.reshape(x.size)
     size = x.size
     for task in prange(tasks):
@@ -298,9 +309,7 @@ def pack_activations_blocks(x, mode, thr, tie, alpha, beta, word_ptr, word_chans
                 xa[base + p0 + i, q] = a[i]
         ties[task] = t_count
         bad[task] = b_count
-    for n in range(n_):
-        for q in range(n_words):
-            xa[n * (h_ * w_ + 1) + h_ * w_, q] = 0
+    _zero_pixels(xa, n_, h_ * w_)
     return ties.sum(), bad.sum()
 
 
