@@ -19,6 +19,7 @@ import llvmlite.binding as ll
 from numba.core import config
 
 from .microkernel import TILES
+from .pack import pack_activations, pack_activations_blocks
 
 __all__ = ["target_cpu", "select_tile", "select_activation_pack"]
 
@@ -62,6 +63,4 @@ def select_activation_pack():
     (:func:`~adabin_np.kernels_packed.pack.pack_activations_blocks`) on AVX2 and older, the
     per-channel word form (:func:`~adabin_np.kernels_packed.pack.pack_activations`) on
     AVX-512 VPOPCNTDQ. Both give the same words and counts on every CPU."""
-    from .pack import pack_activations, pack_activations_blocks
-
     return pack_activations if target_cpu()[1] == "avx512-vpopcntdq" else pack_activations_blocks

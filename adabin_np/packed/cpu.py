@@ -153,8 +153,9 @@ def _call_plan(pw, act, p, n_, h_, w_, variant, tp, jb):
     n_blk = wtb.shape[0] // groups
     rows, bpt = _work_split(p.out_h, p.out_w, n_blk, n_ * groups)
     int_rc, int_col = _interior(r_lo, r_hi, c_lo, c_hi, col_cls, kh, kw)
-    if 8 * kh * kw * (-(-p.out_h // rows)) * (-(-min(rows, p.out_h) * p.out_w // tp) * tp
-                                              ) <= _OFFSET_TABLE_BYTES:
+    n_chunks = -(-p.out_h // rows)
+    npx_max = min(rows, p.out_h) * p.out_w  # output pixels of the largest chunk
+    if 8 * kh * kw * n_chunks * (-(-npx_max // tp) * tp) <= _OFFSET_TABLE_BYTES:
         offs_tab, ntap_tab = _kp.tap_offsets(
             h_, w_, p.out_h, row_cls, col_cls, r_lo, r_hi, c_lo, c_hi, kh, kw, p.stride[0],
             p.stride[1], p.padding[0], p.padding[1], p.dilation[0], p.dilation[1],
@@ -162,9 +163,8 @@ def _call_plan(pw, act, p, n_, h_, w_, variant, tp, jb):
     else:  # the kernel's tasks build their offsets themselves
         offs_tab, ntap_tab = _NO_OFFSETS
     # border pixels per chunk for the kernel's patch epilogue (row tables only)
-    n_chunks = -(-p.out_h // rows)
     if (int_rc >= 0 and brow.shape[2] == p.out_w
-            and 16 * n_chunks * min(rows, p.out_h) * p.out_w <= _OFFSET_TABLE_BYTES):
+            and 16 * n_chunks * npx_max <= _OFFSET_TABLE_BYTES):
         patches = _kp.border_patches(p.out_h, row_cls, col_cls, int_rc, int_col, rows,
                                      brow.shape[1] * p.out_w)
     else:
