@@ -308,6 +308,7 @@ def bconv_forward(xa, h_, w_, out_h, wtb, variant, tp, wgm, g_w0, og, seg_w0, se
     # instead of once per task (~1.5 us a task; 64ch 56x56 has 56 tasks at batch 8)
     npx_max = min(out_h, rows_per_task) * out_w
     npad_max = (npx_max + tp - 1) // tp * tp
+    n_workers = max(1, n_workers)
     per_worker = (n_tasks + n_workers - 1) // n_workers
     for wk in prange(n_workers):
         xt_flat = np.empty(jb * (npad_max + 8), dtype=np.int32)
