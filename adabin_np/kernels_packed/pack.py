@@ -59,7 +59,7 @@ def activation_thresholds(alpha_c, beta_c, dtype):
     return mode, thr, tie
 
 
-_BLK = 64  # pixels per bit block of pack_activations (one uint64 mask per channel)
+_BLK = 64  # pixels per bit block of pack_activations_blocks (one uint64 mask per channel)
 _SUB = 8  # elements per vector compare of _cmp_block
 
 
@@ -71,7 +71,7 @@ def _cmp_block(typingctx, xf, off, th, te, md):
     ordered comparisons (NaN -> 0); ``ties``: ``x == te``; ``bad``: ``x - x != 0`` (NaN or
     infinity). ``<8 x T>`` compares bitcast to ``i8``: LLVM's movemask (``vmovmskps`` on
     AVX2, mask registers on AVX-512), the bit-per-element form the block transpose of
-    :func:`pack_activations` takes."""
+    :func:`pack_activations_blocks` takes."""
     if not (isinstance(xf, types.Array) and xf.ndim == 1 and isinstance(xf.dtype, types.Float)
             and th == xf.dtype and te == xf.dtype and isinstance(off, types.Integer)
             and isinstance(md, types.Integer)):
