@@ -124,7 +124,7 @@ def border_tables(pcw, seg_n, seg_ca, g_seg0, g_seg1, alpha_w, beta_w, shift, r_
 def _chunk_offsets(offs, ntap, oh0, oh1, h_, w_, row_cls, col_cls, r_lo, r_hi, c_lo, c_hi, kh,
                    kw, sh, sw, ph, pw, dh, dw, cw, tp):
     """Fill ``offs[t*npad + pix]`` and ``ntap[pix]`` for output rows ``[oh0, oh1)`` (see
-    :func:`tap_offsets`); returns ``npad``."""
+    :func:`tap_offsets`)."""
     out_w = col_cls.shape[0]
     npx = (oh1 - oh0) * out_w
     npad = (npx + tp - 1) // tp * tp
@@ -157,7 +157,6 @@ def _chunk_offsets(offs, ntap, oh0, oh1, h_, w_, row_cls, col_cls, r_lo, r_hi, c
                 iw = ows[pix] * sw + diw
                 ok = (ih >= 0) & (ih < h_) & (iw >= 0) & (iw < w_)
                 offs[tb + pix] = ((ih * w_ + iw) * cw) if ok else zoff
-    return npad
 
 
 @njit(cache=True, parallel=True, error_model="numpy")
@@ -309,6 +308,7 @@ def bconv_forward(xa, h_, w_, out_h, wtb, variant, tp, wgm, g_w0, og, seg_w0, se
     npx_max = min(out_h, rows_per_task) * out_w
     npad_max = (npx_max + tp - 1) // tp * tp
     n_workers = max(1, n_workers)
+    any_multi = raw or np.max(g_seg1 - g_seg0) > 1
     per_worker = (n_tasks + n_workers - 1) // n_workers
     for wk in prange(n_workers):
         xt_flat = np.empty(jb * (npad_max + 8), dtype=np.int32)
@@ -316,6 +316,9 @@ def bconv_forward(xa, h_, w_, out_h, wtb, variant, tp, wgm, g_w0, og, seg_w0, se
         qa = np.empty(npx_max)
         atot = np.empty(npx_max, dtype=np.int64)
         vbuf = np.empty(npx_max)
+        # float sums over several segments / raw counts (zeroed per block where used)
+        facc = np.zeros((npx_max, jb)) if any_multi else np.zeros((1, 1))
+        xtot = np.zeros((npx_max, jb), dtype=np.int64) if raw else np.zeros((1, 1), dtype=np.int64)
         for task in range(wk * per_worker, min(n_tasks, (wk + 1) * per_worker)):
             chunk = task % n_chunks
             rest = task // n_chunks
@@ -357,9 +360,6 @@ def bconv_forward(xa, h_, w_, out_h, wtb, variant, tp, wgm, g_w0, og, seg_w0, se
             xt = xt_flat[:jb * xstride].reshape((jb, xstride))
             qa[:npx] = 0.0
             atot[:npx] = 0
-            facc = np.zeros((npx, jb)) if multi else np.zeros((1, 1))
-            xtot = np.zeros((npx, jb), dtype=np.int64) if raw else np.zeros((1, 1), dtype=np.int64)
-            vbuf = np.empty(npx)
             for blk in range(bg * blocks_per_task, min(n_blk, (bg + 1) * blocks_per_task)):
                 j0 = blk * jb
                 nj = min(og, j0 + jb) - j0
